@@ -1,0 +1,40 @@
+"""EAGLE-1/2 training objective: feature regression + soft cross-entropy through the frozen lm_head.
+
+For a sequence of tokens t_0..t_{T-1} with base features h_0..h_{T-1} (final-norm outputs), the drafter
+sees pairs (h_i, t_{i+1}) at position i and predicts h_{i+1}. Loss, on assistant positions only:
+    v_w * SmoothL1(pred, h_{i+1}) + p_w * CE(softmax(lm_head(h_{i+1})), log_softmax(lm_head(pred)))
+Uniform feature noise (width noise_std) is added to the input features while training.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import register
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@register("eagle2")
+def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    ids, hidden, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    dtype = drafter.fc.weight.dtype
+    hidden = hidden.to(dtype)
+    inp_h, inp_ids, target_h = hidden[:, :-1], ids[:, 1:], hidden[:, 1:]
+    m = mask[:, 1:].to(dtype)
+    if training and alg.noise_std > 0:
+        inp_h = inp_h + (torch.rand_like(inp_h) - 0.5) * alg.noise_std
+    positions = torch.arange(inp_h.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+    pred = drafter(inp_h, inp_ids, positions)
+    with torch.no_grad():
+        target_logits = drafter.logits(target_h).float()
+        target_p = target_logits.softmax(-1)
+    pred_logits = drafter.logits(pred).float()
+    ploss = _masked_mean(-(target_p * pred_logits.log_softmax(-1)).sum(-1), m)
+    vloss = _masked_mean(F.smooth_l1_loss(pred.float(), target_h.float(), reduction="none").mean(-1), m)
+    loss = alg.v_w * vloss + alg.p_w * ploss
+    with torch.no_grad():
+        acc = _masked_mean((pred_logits.argmax(-1) == target_logits.argmax(-1)).to(dtype), m)
+    return loss, {"vloss": vloss.detach(), "ploss": ploss.detach(), "acc": acc}

@@ -1,0 +1,145 @@
+"""Sharded hidden-state datasets on disk: safetensors shards + a JSON manifest.
+
+Shard k holds samples [k*shard_size, (k+1)*shard_size) of the source, concatenated:
+  input_ids [T] int32, loss_mask [T] uint8, hidden [T, H] (bf16 by default), offsets [n+1] int64.
+Shards are written atomically and the manifest (with each shard's sha256) is rewritten after each one,
+so a killed run resumes at the first missing shard with nothing lost or duplicated.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..config.schema import ConfigError
+from ..utils.io import atomic_write, atomic_write_json, sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = "specforge_het.hidden_states"
+
+
+def shard_name(k: int) -> str:
+    return f"shard_{k:05d}.safetensors"
+
+
+class ShardWriter:
+    """Appends shards to a dataset folder; refuses to mix datasets made with different settings."""
+
+    def __init__(self, out_dir: str | Path, shard_size: int, fingerprint: dict, meta: dict):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / MANIFEST
+        if self.path.is_file():
+            manifest = json.loads(self.path.read_text())
+            if manifest.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"{self.dir} already holds a dataset made with other settings "
+                    f"(manifest fingerprint {manifest.get('fingerprint')} vs now {fingerprint}); "
+                    "choose another data.dataset_dir or delete that folder")
+            self.manifest = manifest
+        else:
+            self.manifest = {"format": FORMAT, "format_version": 1, "shard_size": shard_size,
+                             "fingerprint": fingerprint, "complete": False, "shards": [], **meta}
+
+    @property
+    def done_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def write(self, samples: list[dict]) -> None:
+        """samples: dicts of input_ids [T] int, loss_mask [T], hidden [T, H]."""
+        k = self.done_shards
+        lengths = [len(s["input_ids"]) for s in samples]
+        offsets = torch.tensor([0] + lengths).cumsum(0)
+        tensors = {
+            "input_ids": torch.cat([s["input_ids"] for s in samples]).to(torch.int32),
+            "loss_mask": torch.cat([s["loss_mask"] for s in samples]).to(torch.uint8),
+            "hidden": torch.cat([s["hidden"] for s in samples]).contiguous(),
+            "offsets": offsets.to(torch.int64),
+        }
+        path = self.dir / shard_name(k)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        self.manifest["shards"].append({"file": path.name, "num_samples": len(samples),
+                                        "num_tokens": int(offsets[-1]), "sha256": sha256_file(path)})
+        atomic_write_json(self.path, self.manifest)
+
+    def finish(self, extra: dict) -> dict:
+        self.manifest.update(extra)
+        self.manifest["complete"] = True
+        atomic_write_json(self.path, self.manifest)
+        return self.manifest
+
+
+class HiddenStateDataset(torch.utils.data.Dataset):
+    """Random access over the samples of a shard set; each shard's checksum is verified on first use."""
+
+    def __init__(self, data_dir: str | Path, verify: bool = True):
+        self.dir = Path(data_dir)
+        mpath = self.dir / MANIFEST
+        if not mpath.is_file():
+            raise ConfigError(f"no dataset at {self.dir} (missing {MANIFEST}); run specforge_het.data_gen first")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{mpath} is not valid JSON: {e}") from None
+        if self.manifest.get("format") != FORMAT:
+            raise ConfigError(f"{mpath}: field 'format' is {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        if not self.manifest.get("complete"):
+            raise ConfigError(f"{self.dir}: dataset is incomplete (data_gen was interrupted); rerun the same "
+                              "data_gen command to resume it")
+        self.verify = verify
+        self.index = [(k, i) for k, sh in enumerate(self.manifest["shards"]) for i in range(sh["num_samples"])]
+        self._open: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _shard(self, k: int):
+        if k not in self._open:
+            info = self.manifest["shards"][k]
+            path = self.dir / info["file"]
+            if not path.is_file():
+                raise ConfigError(f"dataset shard {path} is missing")
+            if self.verify and sha256_file(path) != info["sha256"]:
+                raise ConfigError(f"dataset shard {path} is corrupt or truncated (sha256 differs from {self.dir / MANIFEST})")
+            try:
+                f = safe_open(str(path), framework="pt")
+                offsets = f.get_tensor("offsets")
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise ConfigError(f"dataset shard {path} cannot be read: {e}") from None
+            self._open[k] = (f, offsets)
+        return self._open[k]
+
+    def __getitem__(self, idx: int) -> dict:
+        k, i = self.index[idx]
+        f, offsets = self._shard(k)
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        return {
+            "input_ids": f.get_slice("input_ids")[a:b].long(),
+            "loss_mask": f.get_slice("loss_mask")[a:b].long(),
+            "hidden": f.get_slice("hidden")[a:b],
+        }
+
+    def __getstate__(self):  # open file handles stay in the process that made them
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+
+
+def collate(samples: list[dict]) -> dict:
+    """Right-pad a list of samples into a batch (padding is loss-masked; causal attention never sees it)."""
+    T = max(len(s["input_ids"]) for s in samples)
+    H = samples[0]["hidden"].shape[-1]
+    B = len(samples)
+    batch = {
+        "input_ids": torch.zeros(B, T, dtype=torch.long),
+        "loss_mask": torch.zeros(B, T, dtype=torch.long),
+        "hidden": torch.zeros(B, T, H, dtype=samples[0]["hidden"].dtype),
+    }
+    for j, s in enumerate(samples):
+        n = len(s["input_ids"])
+        for key in batch:
+            batch[key][j, :n] = s[key]
+    return batch

@@ -1,0 +1,136 @@
+"""Greedy speculative decoding with a drafter over a frozen base (batch 1), and the base-only baseline.
+
+Per iteration: the drafter builds a tree from its last feature; the base verifies the whole tree in one
+forward (tree attention mask + tree position ids); the accepted path's KV entries are compacted in place;
+the drafter consumes the base's features of the accepted path and crops its own tree entries.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .tree import ancestor_matrix, expand_tree, greedy_accept, tree_attention_mask
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]  # prompt + new tokens (truncated at max_new_tokens / EOS)
+    new_tokens: int = 0
+    steps: int = 0  # base verify forwards after the prefill
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per step
+    seconds: float = 0.0
+    iteration_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def emitted(self) -> int:
+        return sum(self.accepted) + self.steps
+
+
+def compact_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
+    """Keep only the sequence positions `keep` (sorted) in every layer of a DynamicCache."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(-2, keep)
+        layer.values = layer.values.index_select(-2, keep)
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Drop every position from `length` on (the drafter's tree entries after a round)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., :length, :]
+        layer.values = layer.values[..., :length, :]
+
+
+def _finished(tokens: list[int], prompt_len: int, max_new: int, eos: set[int]) -> bool:
+    new = tokens[prompt_len:]
+    return len(new) >= max_new or any(t in eos for t in new)
+
+
+def truncate(new_tokens: list[int], max_new: int, eos: set[int]) -> list[int]:
+    out = []
+    for t in new_tokens[:max_new]:
+        out.append(t)
+        if t in eos:
+            break
+    return out
+
+
+@torch.no_grad()
+def base_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> DecodeResult:
+    """Plain one-token-per-forward greedy decoding with a KV cache: the speed baseline."""
+    t0 = time.perf_counter()
+    ids = torch.tensor([prompt], device=base.device)
+    cache = DynamicCache(config=base.config)
+    _, logits = base.forward(ids, past_key_values=cache)
+    tokens = list(prompt) + [int(logits[0, -1].argmax())]
+    res = DecodeResult(tokens=tokens)
+    while not _finished(tokens, len(prompt), max_new_tokens, eos):
+        ti = time.perf_counter()
+        _, logits = base.forward(torch.tensor([[tokens[-1]]], device=base.device), past_key_values=cache)
+        tokens.append(int(logits[0, -1].argmax()))
+        res.steps += 1
+        res.accepted.append(0)
+        res.iteration_seconds.append(time.perf_counter() - ti)
+    res.seconds = time.perf_counter() - t0
+    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new_tokens, eos)
+    res.new_tokens = len(res.tokens) - len(prompt)
+    return res
+
+
+@torch.no_grad()
+def speculative_greedy(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
+                       depth: int, top_k: int, total_tokens: int) -> DecodeResult:
+    t0 = time.perf_counter()
+    dev = base.device
+    ids = torch.tensor([prompt], device=dev)
+    base_cache = DynamicCache(config=base.config)
+    draft_cache = DynamicCache(config=drafter.hf_config)
+    hidden, logits = base.forward(ids, past_key_values=base_cache)
+    root = logits[0, -1].argmax()
+    tokens = list(prompt) + [int(root)]
+    # Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n-1.
+    n = len(prompt)
+    next_tokens = torch.cat([ids[0, 1:], root.view(1)])
+    feats = drafter(hidden, next_tokens[None], torch.arange(n, device=dev)[None], past_key_values=draft_cache)
+    last_feat = feats[0, -1]
+    res = DecodeResult(tokens=tokens)
+    while not _finished(tokens, len(prompt), max_new_tokens, eos):
+        ti = time.perf_counter()
+        base_len = base_cache.get_seq_length()  # = position of the root
+        draft_len = draft_cache.get_seq_length()
+        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_len, base_len, depth, top_k, total_tokens)
+        crop_cache(draft_cache, draft_len)
+        anc = ancestor_matrix(tree.parents, tree.depths)
+        mask = tree_attention_mask(anc, base_len, base.dtype)
+        positions = (base_len + tree.depths)[None]
+        hidden, logits = base.forward(tree.tokens[None], attention_mask=mask, position_ids=positions,
+                                      past_key_values=base_cache)
+        base_argmax = logits[0].argmax(-1)
+        path = greedy_accept(tree, anc, base_argmax)
+        bonus = base_argmax[path[-1]]
+        compact_cache(base_cache, torch.cat([torch.arange(base_len, device=dev), base_len + path]))
+        accepted_tokens = tree.tokens[path[1:]]
+        tokens.extend(accepted_tokens.tolist() + [int(bonus)])
+        # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions base_len + i.
+        next_tokens = torch.cat([accepted_tokens, bonus.view(1)])
+        pos = torch.arange(base_len, base_len + path.numel(), device=dev)[None]
+        feats = drafter(hidden[:, path], next_tokens[None], pos, past_key_values=draft_cache)
+        last_feat, root = feats[0, -1], bonus
+        res.steps += 1
+        res.accepted.append(path.numel() - 1)
+        res.iteration_seconds.append(time.perf_counter() - ti)
+    res.seconds = time.perf_counter() - t0
+    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new_tokens, eos)
+    res.new_tokens = len(res.tokens) - len(prompt)
+    return res
+
+
+@torch.no_grad()
+def hf_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
+    """Reference output from transformers' own `generate` (greedy): the lossless check compares to this."""
+    out = base.model.generate(torch.tensor([prompt], device=base.device), max_new_tokens=max_new_tokens,
+                              do_sample=False, eos_token_id=sorted(eos) or None,
+                              pad_token_id=min(eos) if eos else 0)
+    return list(prompt) + truncate(out[0, len(prompt):].tolist(), max_new_tokens, eos)

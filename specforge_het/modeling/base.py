@@ -1,0 +1,104 @@
+"""Loading the frozen base model and reading what the drafter needs from it.
+
+Generic over `AutoModelForCausalLM`: the embedding and lm_head come from HF's own accessors
+(`get_input_embeddings` / `get_output_embeddings`), hidden states from `output_hidden_states`
+(the last entry is the final-norm output, i.e. the lm_head input EAGLE regresses on).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config.schema import BaseSection, ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, where: str = "dtype") -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"{where}: expected one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"base.device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"base.device is {name!r} but no CUDA device is available")
+    return dev
+
+
+def check_model_path(path: str, what: str) -> None:
+    """Local paths must exist; anything that looks like a hub id (org/name) is left to HF (and its offline mode)."""
+    p = Path(path)
+    # "org/name" whose "org" is no local folder is a hub id; everything else is a local path.
+    looks_local = p.exists() or p.is_absolute() or path.startswith(".") or path.count("/") != 1 or p.parent.is_dir()
+    if looks_local and not (p / "config.json").is_file():
+        hint = " (build the demo base with `python -m specforge_het.demo_base`)" if "demo_base" in path else ""
+        raise ConfigError(f"{what}: no model at {path!r} (expected a folder with config.json){hint}")
+
+
+@dataclass
+class FrozenBase:
+    """The base model, frozen and in eval mode, plus its tokenizer."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @property
+    def embed_tokens(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+        """One base forward → (last hidden state after the final norm, logits)."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            output_hidden_states=True,
+        )
+        return out.hidden_states[-1], out.logits
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_base(section: BaseSection, device: torch.device | None = None) -> FrozenBase:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_path(section.model_name_or_path, "base.model_name_or_path")
+    dtype = resolve_dtype(section.dtype, "base.dtype")
+    device = device or resolve_device(section.device)
+    tokenizer = AutoTokenizer.from_pretrained(section.model_name_or_path, trust_remote_code=section.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        section.model_name_or_path, dtype=dtype, trust_remote_code=section.trust_remote_code
+    )
+    model.to(device)
+    return FrozenBase(model=freeze(model), tokenizer=tokenizer, device=device, dtype=dtype)

@@ -1,0 +1,107 @@
+"""train: fit a drafter over a frozen base from a hidden-state dataset (made by data_gen).
+
+    python -m specforge_het.train [--@preset ...] [--training.learning_rate 3e-4] [--training.max_steps N]
+
+A `transformers.Trainer` subclass drives the loop (schedulers, logging, checkpoints, accelerate). Only the
+drafter's parameters exist in the trained module: the base's embedding and lm_head are attached frozen and
+unregistered, so the optimizer and checkpoints never see them.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .algorithms import get_loss
+from .config import RunConfig, run_entry, save_resolved_config
+from .config.schema import ConfigError
+from .data.shards import HiddenStateDataset, collate
+from .modeling.base import load_base
+from .modeling.drafter import EagleDrafter, build_drafter
+from .utils.io import atomic_write_text
+
+
+class DrafterTrainer(Trainer):
+    """Trainer whose loss is the algorithm's, whose logs carry the loss parts, and whose checkpoints
+    are our drafter format (safetensors + JSON, no pickled training args)."""
+
+    def __init__(self, *args, loss_fn, algorithm_cfg, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        self.algorithm_cfg = algorithm_cfg
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.loss_fn(model, inputs, self.algorithm_cfg, training=model.training)
+        for k, v in metrics.items():
+            self._metric_sums[k] += float(v)
+        self._metric_count += 1
+        return (loss, metrics) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metric_count and "loss" in logs:
+            logs.update({k: round(v / self._metric_count, 4) for k, v in self._metric_sums.items()})
+            self._metric_sums.clear()
+            self._metric_count = 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        atomic_write_text(output_dir / "training_args.json", self.args.to_json_string())
+
+
+def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=t.output_dir, learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
+        dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
+        save_only_model=False, logging_first_step=True,
+    )
+
+
+def make_drafter(cfg: RunConfig, base) -> EagleDrafter:
+    meta = {"algorithm": cfg.algorithm.name, "base_model_name_or_path": cfg.base.model_name_or_path}
+    torch.manual_seed(cfg.training.seed)
+    return build_drafter(base, cfg.modeling.draft_layers, cfg.modeling.draft_config_overrides, meta=meta)
+
+
+def run(cfg: RunConfig, presets: list[str]) -> Path:
+    loss_fn = get_loss(cfg.algorithm.name)
+    base = load_base(cfg.base)
+    dataset = HiddenStateDataset(cfg.data.dataset_dir)
+    if dataset.manifest.get("hidden_size") != base.hidden_size:
+        raise ConfigError(f"{cfg.data.dataset_dir}: dataset hidden_size {dataset.manifest.get('hidden_size')} does "
+                          f"not match base {cfg.base.model_name_or_path} hidden_size {base.hidden_size}")
+    drafter = make_drafter(cfg, base)
+    out_dir = Path(cfg.training.output_dir)
+    save_resolved_config(cfg, out_dir, "train", presets)
+    trainer = DrafterTrainer(
+        model=drafter, args=training_arguments(cfg, use_cpu=base.device.type == "cpu"), train_dataset=dataset,
+        data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm,
+    )
+    last_ckpt = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
+    trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
+    trainer.save_model(str(out_dir))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    atomic_write_text(out_dir / "train_log.json", json.dumps(trainer.state.log_history, indent=1))
+    if history:
+        first, last = history[0], history[-1]
+        print(f"train: loss {first['loss']:.4f} → {last['loss']:.4f}, top-1 acc {first.get('acc', 0):.3f} → "
+              f"{last.get('acc', 0):.3f} over {trainer.state.global_step} steps; drafter → {out_dir}")
+    return out_dir
+
+
+if __name__ == "__main__":
+    run_entry("train", __doc__.strip().splitlines()[0], run)

@@ -1,0 +1,186 @@
+"""The thin pipeline on a tiny random base: data_gen → train → inference → export."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from specforge_het import data_gen, export, train
+from specforge_het.algorithms import get_loss
+from specforge_het.config import ConfigError
+from specforge_het.data.conversations import read_conversations, tokenize_conversation
+from specforge_het.data.shards import HiddenStateDataset, collate, shard_name
+from specforge_het.inference import __main__ as inference
+from specforge_het.modeling.base import load_base
+from specforge_het.modeling.drafter import EagleDrafter
+
+from conftest import make_cfg
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir, tiny_base, tiny_conversations):
+    cfg = make_cfg(workdir, tiny_base, tiny_conversations)
+    data_gen.run(cfg, [])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(dataset):
+    cfg = dataset
+    cfg.training.max_steps = 60
+    cfg.training.learning_rate = 3e-3
+    cfg.training.per_device_train_batch_size = 8
+    cfg.training.logging_steps = 20
+    cfg.training.save_steps = 1000
+    train.run(cfg, [])
+    return cfg
+
+
+def test_assistant_mask_covers_exactly_the_answer(tiny_base, tiny_conversations):
+    base = load_base(make_cfg(Path("."), tiny_base).base)
+    tok = base.tokenizer
+    convs, report = read_conversations(tiny_conversations)
+    assert report.read == len(convs) > 5
+    msgs = convs[0]
+    ids, mask = tokenize_conversation(tok, msgs, max_length=10_000)
+    answer = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert answer == msgs[1]["content"] + tok.eos_token
+    assert tok.decode([t for t, m in zip(ids, mask) if not m]) == msgs[0]["content"]
+
+
+def test_data_gen_writes_manifest_and_shards(dataset):
+    ds = HiddenStateDataset(dataset.data.dataset_dir)
+    m = ds.manifest
+    assert m["complete"] and m["num_samples"] == len(ds) and len(m["shards"]) == -(-len(ds) // 16)
+    s = ds[3]
+    assert s["hidden"].shape == (len(s["input_ids"]), 64) and s["hidden"].dtype == torch.bfloat16
+    assert s["loss_mask"].sum() > 0
+    saved = json.loads((Path(dataset.data.dataset_dir) / "resolved_config.json").read_text())
+    assert saved["entry"] == "data_gen" and saved["config"]["data"]["shard_size"] == 16
+
+
+def test_hidden_states_match_a_fresh_base_forward(dataset):
+    base = load_base(dataset.base)
+    s = HiddenStateDataset(dataset.data.dataset_dir)[5]
+    h, _ = base.forward(s["input_ids"][None])
+    torch.testing.assert_close(s["hidden"].float(), h[0].to(torch.bfloat16).float())
+
+
+def test_data_gen_resumes_after_a_kill(dataset, tmp_path):
+    """Drop the last shard and its manifest entry (a run killed mid-way): a rerun restores the same bytes."""
+    src = Path(dataset.data.dataset_dir)
+    dst = tmp_path / "dataset"
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    last = manifest["shards"].pop()
+    manifest["complete"] = False
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    (dst / last["file"]).unlink()
+    cfg = make_cfg(tmp_path, dataset.base.model_name_or_path, dataset.data.conversations)
+    data_gen.run(cfg, [])
+    again = json.loads((dst / "manifest.json").read_text())
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in json.loads((src / "manifest.json").read_text())["shards"]]
+
+
+def test_corrupt_shard_is_named(dataset, tmp_path):
+    dst = tmp_path / "ds"
+    shutil.copytree(dataset.data.dataset_dir, dst)
+    path = dst / shard_name(1)
+    path.write_bytes(path.read_bytes()[:-100])
+    ds = HiddenStateDataset(dst)
+    with pytest.raises(ConfigError, match="shard_00001.*corrupt"):
+        ds[16]
+
+
+def test_one_training_step_moves_drafter_not_base(dataset, tmp_path):
+    cfg = make_cfg(tmp_path, dataset.base.model_name_or_path, dataset.data.conversations)
+    cfg.data.dataset_dir = dataset.data.dataset_dir
+    base = load_base(cfg.base)
+    base_before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    drafter = train.make_drafter(cfg, base)
+    before = {k: v.clone() for k, v in drafter.state_dict().items()}
+    cfg.training.max_steps = 1
+    cfg.training.warmup_steps = 0  # with warmup, step 1 runs at lr 0
+    trainer = train.DrafterTrainer(model=drafter, args=train.training_arguments(cfg, use_cpu=True),
+                                   train_dataset=HiddenStateDataset(cfg.data.dataset_dir),
+                                   data_collator=collate, loss_fn=get_loss("eagle2"),
+                                   algorithm_cfg=cfg.algorithm)
+    trainer.train()
+    opt_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in base.model.parameters()}
+    changed = [k for k, v in drafter.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("fc.") for k in changed) and any(k.startswith("layers.0.") for k in changed)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, base_before[k]), f"base weight {k} changed"
+
+
+def test_training_reduces_loss_and_saves_our_format(trained):
+    out = Path(trained.training.output_dir)
+    log = [h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert (out / "model.safetensors").is_file() and (out / "drafter_config.json").is_file()
+    assert not list(out.glob("*.bin")) and json.loads((out / "resolved_config.json").read_text())["entry"] == "train"
+    keys = load_file(str(out / "model.safetensors")).keys()
+    assert not any("embed" in k or "lm_head" in k for k in keys)
+
+
+@pytest.mark.parametrize("strategy", ["chain", "tree"])
+def test_speculative_greedy_is_lossless(trained, strategy):
+    cfg = trained
+    cfg.inference.strategy = strategy
+    cfg.inference.prompts = cfg.data.conversations
+    cfg.inference.num_prompts = 6
+    cfg.inference.prompt_offset = 30
+    cfg.inference.max_new_tokens = 40
+    cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 4, 4, 12
+    report = inference.run(cfg, [])
+    row = report["strategies"][0]
+    assert report["lossless"] and row["identical"] == 6
+    assert row["base_loop_identical_to_generate"] == 6
+    assert row["tau"] > 1.0, "the trained drafter never got a token accepted: acceptance paths are untested"
+
+
+def test_export_round_trip_reproduces_logits(trained):
+    cfg = trained
+    out = export.run(cfg, [])
+    base = load_base(cfg.base)
+    a = EagleDrafter.from_pretrained(cfg.training.output_dir).attach_base(base.embed_tokens, base.lm_head).eval()
+    b = EagleDrafter.from_pretrained(out).attach_base(base.embed_tokens, base.lm_head).eval()
+    h = torch.randn(1, 9, 64)
+    ids = torch.randint(0, 500, (1, 9))
+    pos = torch.arange(9)[None]
+    assert torch.equal(a.logits(a(h, ids, pos)), b.logits(b(h, ids, pos)))
+
+
+def test_export_refuses_unknown_and_planned_formats(trained):
+    cfg = trained
+    cfg.export.to = "sglangg"
+    with pytest.raises(ConfigError, match="sglang"):
+        export.run(cfg, [])
+    cfg.export.to = "vllm"
+    with pytest.raises(ConfigError, match="not implemented"):
+        export.run(cfg, [])
+    cfg.export.to = "specforge_het"
+
+
+def test_bad_checkpoint_gets_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="missing drafter_config.json"):
+        EagleDrafter.from_pretrained(tmp_path)
+    (tmp_path / "drafter_config.json").write_text('{"format": "other"}')
+    with pytest.raises(ConfigError, match="'format' is 'other'"):
+        EagleDrafter.from_pretrained(tmp_path)
+
+
+def test_missing_base_gets_one_clear_error(tmp_path):
+    cfg = make_cfg(tmp_path, str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="no model at"):
+        load_base(cfg.base)
