@@ -92,6 +92,8 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
         data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm,
     )
     last_ckpt = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
+    if last_ckpt:
+        print(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")
     trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
     trainer.save_model(str(out_dir))
     history = [h for h in trainer.state.log_history if "loss" in h]

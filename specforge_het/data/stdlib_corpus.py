@@ -11,7 +11,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages", "lib2to3", "ensurepip"}
+SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages", "lib2to3", "ensurepip",
+              "encodings", "pydoc_data"}  # the last two are generated tables and prose dumps, not code
+SKIP_FILES = {"html/entities.py", "locale.py"}
+MAX_FILE_BYTES = 150_000  # larger stdlib files are mostly generated data
 
 
 @dataclass
@@ -36,6 +39,8 @@ def stdlib_files(max_mb: float) -> list[SourceFile]:
             text = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
+        if str(p.relative_to(root)) in SKIP_FILES or len(text) > MAX_FILE_BYTES:
+            continue
         if total + len(text) > max_mb * 1e6:
             break
         out.append(SourceFile(str(p.relative_to(root)), text))
@@ -46,9 +51,11 @@ def stdlib_files(max_mb: float) -> list[SourceFile]:
 
 
 def function_heads(src: SourceFile, max_head_lines: int = 24) -> list[str]:
-    """Heads of documented functions: `def ...:` through the end of its docstring, plus the body's indent.
+    """Heads of documented functions: `def ...:` through the line that closes its docstring.
 
-    These are the demo's user turns ("here is a signature and docstring — continue the code").
+    These are the demo's user turns ("here is a signature and docstring — continue the code"). They end at a
+    newline: a trailing indent would tokenize as a whitespace token that byte-level BPE never produces before
+    a word in running text, and the base would continue from an input it has never seen.
     """
     try:
         tree = ast.parse(src.text)
@@ -67,9 +74,7 @@ def function_heads(src: SourceFile, max_head_lines: int = 24) -> list[str]:
         start, end = node.lineno - 1, doc.end_lineno
         if end - start > max_head_lines:
             continue
-        body_line = lines[node.body[1].lineno - 1]
-        indent = body_line[: len(body_line) - len(body_line.lstrip())]
         first_indent = len(lines[start]) - len(lines[start].lstrip())
         head = "".join(line[first_indent:] if line.strip() else line for line in lines[start:end])
-        heads.append(head + indent[first_indent:])
+        heads.append(head if head.endswith("\n") else head + "\n")
     return heads

@@ -57,6 +57,14 @@ def truncate(new_tokens: list[int], max_new: int, eos: set[int]) -> list[int]:
     return out
 
 
+def _close(res: DecodeResult, tokens: list[int], prompt: list[int], max_new: int, eos: set[int],
+           t0: float) -> DecodeResult:
+    res.seconds = time.perf_counter() - t0
+    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new, eos)
+    res.new_tokens = len(res.tokens) - len(prompt)
+    return res
+
+
 @torch.no_grad()
 def base_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> DecodeResult:
     """Plain one-token-per-forward greedy decoding with a KV cache: the speed baseline."""
@@ -73,10 +81,7 @@ def base_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> 
         res.steps += 1
         res.accepted.append(0)
         res.iteration_seconds.append(time.perf_counter() - ti)
-    res.seconds = time.perf_counter() - t0
-    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new_tokens, eos)
-    res.new_tokens = len(res.tokens) - len(prompt)
-    return res
+    return _close(res, tokens, prompt, max_new_tokens, eos, t0)
 
 
 @torch.no_grad()
@@ -121,16 +126,17 @@ def speculative_greedy(base, drafter, prompt: list[int], max_new_tokens: int, eo
         res.steps += 1
         res.accepted.append(path.numel() - 1)
         res.iteration_seconds.append(time.perf_counter() - ti)
-    res.seconds = time.perf_counter() - t0
-    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new_tokens, eos)
-    res.new_tokens = len(res.tokens) - len(prompt)
-    return res
+    return _close(res, tokens, prompt, max_new_tokens, eos, t0)
 
 
 @torch.no_grad()
 def hf_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
-    """Reference output from transformers' own `generate` (greedy): the lossless check compares to this."""
-    out = base.model.generate(torch.tensor([prompt], device=base.device), max_new_tokens=max_new_tokens,
-                              do_sample=False, eos_token_id=sorted(eos) or None,
-                              pad_token_id=min(eos) if eos else 0)
+    """Reference output from transformers' own `generate`, forced to plain greedy (a model's shipped
+    generation_config may sample or penalise repeats): the lossless check compares to this."""
+    from transformers import GenerationConfig
+
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=sorted(eos) or None, pad_token_id=min(eos) if eos else 0)
+    out = base.model.generate(torch.tensor([prompt], device=base.device), generation_config=gen_cfg,
+                              attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=base.device))
     return list(prompt) + truncate(out[0, len(prompt):].tolist(), max_new_tokens, eos)
