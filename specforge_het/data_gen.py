@@ -1,12 +1,18 @@
-"""data_gen: run the frozen base over conversations and dump token ids, assistant loss masks and the
-last-layer hidden states into a sharded, resumable dataset.
+"""data_gen: run the frozen base over conversations and dump token ids, assistant loss masks and hidden states
+(the last layer, plus `data.aux_layer_ids` for EAGLE-3-style drafters) into a sharded, resumable dataset.
 
     python -m specforge_het.data_gen [--@preset ...] [--data.conversations F] [--data.dataset_dir D]
+    python -m specforge_het.data_gen --data.regenerate_to F2 ...      # the base rewrites the answers first
+    python -m specforge_het.data_gen --data.ds_range [0,5000] ...     # one slice of the work
+    python -m specforge_het.data_gen --data.merge_from [D1,D2] --data.dataset_dir D   # concatenate slices
+    accelerate launch --num_processes N -m specforge_het.data_gen ...  # data-parallel; rank 0 merges
 
 Rerunning the same command after an interruption resumes at the first missing shard.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -14,35 +20,18 @@ import torch
 from tqdm import tqdm
 
 from .config import RunConfig, run_entry, save_resolved_config
-from .data.conversations import read_conversations, tokenize_conversation
-from .data.shards import ShardWriter
+from .config.schema import ConfigError
+from .data.conversations import read_conversations, set_chat_template, tokenize_all
+from .data.regenerate import regenerate_conversations
+from .data.shards import MANIFEST, ShardWriter, merge_datasets
 from .modeling.base import FrozenBase, load_base, resolve_dtype
-
-
-def tokenize_all(base: FrozenBase, cfg: RunConfig) -> list[tuple[list[int], list[int]]]:
-    tok = base.tokenizer
-    if cfg.data.chat_template:
-        tok.chat_template = Path(cfg.data.chat_template).read_text()
-    convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
-    samples, no_assistant, bad_template = [], 0, 0
-    for msgs in convs:
-        enc = tokenize_conversation(tok, msgs, cfg.data.max_length)
-        if enc is None:
-            bad_template += 1
-        elif sum(enc[1]) == 0:
-            no_assistant += 1
-        else:
-            samples.append(enc)
-    print(f"data_gen: {report.summary()}; {no_assistant} without assistant tokens (after truncation to "
-          f"{cfg.data.max_length}), {bad_template} not prefix-consistent under the chat template; "
-          f"{len(samples)} samples kept")
-    return samples
+from .utils.io import atomic_write_text
 
 
 @torch.no_grad()
 def hidden_states_for(base: FrozenBase, chunk: list[tuple[list[int], list[int]]], batch_size: int,
-                      dtype: torch.dtype) -> list[dict]:
-    """Base forward over a chunk in length-sorted batches; results come back in the chunk's order."""
+                      dtype: torch.dtype, aux_layer_ids: list[int]) -> list[dict]:
+    """Base forward over a chunk in length-sorted batches (little padding); results in the chunk's order."""
     order = sorted(range(len(chunk)), key=lambda i: len(chunk[i][0]))
     out: list[dict | None] = [None] * len(chunk)
     for s in range(0, len(order), batch_size):
@@ -50,46 +39,114 @@ def hidden_states_for(base: FrozenBase, chunk: list[tuple[list[int], list[int]]]
         T = max(len(chunk[i][0]) for i in idx)
         ids = torch.zeros(len(idx), T, dtype=torch.long)
         attn = torch.zeros(len(idx), T, dtype=torch.long)
-        for r, i in enumerate(idx):
+        for r, i in enumerate(idx):  # right padding: causal attention keeps real positions exact
             n = len(chunk[i][0])
             ids[r, :n] = torch.tensor(chunk[i][0])
             attn[r, :n] = 1
-        hidden, _ = base.forward(ids.to(base.device), attention_mask=attn.to(base.device))
+        last, aux = base.capture(ids.to(base.device), attn.to(base.device), aux_layer_ids)
         for r, i in enumerate(idx):
             n = len(chunk[i][0])
-            out[i] = {"input_ids": torch.tensor(chunk[i][0]), "loss_mask": torch.tensor(chunk[i][1]),
-                      "hidden": hidden[r, :n].to(dtype).cpu()}
+            sample = {"input_ids": torch.tensor(chunk[i][0]), "loss_mask": torch.tensor(chunk[i][1]),
+                      "hidden": last[r, :n].to(dtype).cpu()}
+            if aux is not None:
+                sample["aux_hidden"] = aux[r, :n].to(dtype).cpu()
+            out[i] = sample
     return out
 
 
-def run(cfg: RunConfig, presets: list[str]) -> Path:
-    base = load_base(cfg.base)
-    out_dir = Path(cfg.data.dataset_dir)
-    hidden_dtype = resolve_dtype(cfg.data.hidden_dtype, "data.hidden_dtype")
-    samples = tokenize_all(base, cfg)
-    fingerprint = {"base": cfg.base.model_name_or_path, "conversations": cfg.data.conversations,
-                   "max_length": cfg.data.max_length, "max_samples": cfg.data.max_samples,
-                   "shard_size": cfg.data.shard_size, "hidden_dtype": cfg.data.hidden_dtype,
-                   "chat_template": cfg.data.chat_template, "num_samples": len(samples)}
+def dump(base: FrozenBase, cfg: RunConfig, samples: list, out_dir: Path, fingerprint: dict, aux_ids: list[int],
+         desc: str = "data_gen") -> dict:
     writer = ShardWriter(out_dir, cfg.data.shard_size, fingerprint,
-                         {"hidden_size": base.hidden_size, "layers": ["last"], "hidden_dtype": cfg.data.hidden_dtype})
-    save_resolved_config(cfg, out_dir, "data_gen", presets)
+                         {"hidden_size": base.hidden_size, "hidden_dtype": cfg.data.hidden_dtype,
+                          "aux_layer_ids": aux_ids, "base": cfg.base.model_name_or_path})
+    hidden_dtype = resolve_dtype(cfg.data.hidden_dtype, "data.hidden_dtype")
     n = cfg.data.shard_size
     chunks = [samples[i: i + n] for i in range(0, len(samples), n)]
     if writer.done_shards:
-        print(f"data_gen: resuming at shard {writer.done_shards} of {len(chunks)}")
-    total_tokens = sum(len(s[0]) for c in chunks[writer.done_shards:] for s in c)
+        print(f"{desc}: resuming at shard {writer.done_shards} of {len(chunks)}")
+    todo = chunks[writer.done_shards:]
+    total = sum(len(s[0]) for c in todo for s in c)
     t0 = time.time()
-    with tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="data_gen") as bar:
-        for chunk in chunks[writer.done_shards:]:
-            writer.write(hidden_states_for(base, chunk, cfg.data.batch_size, hidden_dtype))
+    with tqdm(total=total, unit="tok", unit_scale=True, desc=desc) as bar:
+        for chunk in todo:
+            writer.write(hidden_states_for(base, chunk, cfg.data.batch_size, hidden_dtype, aux_ids))
             bar.update(sum(len(s[0]) for s in chunk))
-    elapsed = time.time() - t0
     manifest = writer.finish({"num_samples": len(samples), "num_tokens": sum(len(s[0]) for s in samples)})
-    print(f"data_gen: {manifest['num_samples']} samples, {manifest['num_tokens']} tokens in "
-          f"{len(manifest['shards'])} shards → {out_dir} ({total_tokens / max(elapsed, 1e-9):.0f} tok/s this run)")
-    return out_dir
+    manifest["_tokens_per_s"] = total / max(time.time() - t0, 1e-9)
+    return manifest
 
+
+def load_conversations(base: FrozenBase, cfg: RunConfig) -> list[list[dict]]:
+    convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
+    print(f"data_gen: {cfg.data.conversations}: {report.summary()}")
+    if cfg.data.regenerate_to:
+        out = Path(cfg.data.regenerate_to)
+        if out.is_file():  # resumability: a finished regeneration is reused, never redone
+            convs, _ = read_conversations(out)
+            print(f"data_gen: reusing regenerated conversations {out}")
+        else:
+            convs = regenerate_conversations(base, convs, cfg.data.regen_max_new_tokens, cfg.data.regen_temperature,
+                                             batch_size=cfg.data.batch_size, seed=cfg.training.seed)
+            atomic_write_text(out, "".join(json.dumps({"messages": c}) + "\n" for c in convs))
+            print(f"data_gen: {len(convs)} regenerated conversations → {out}")
+    return convs
+
+
+def run(cfg: RunConfig, presets: list[str]) -> Path:
+    out_dir = Path(cfg.data.dataset_dir)
+    if cfg.data.merge_from:
+        manifest = merge_datasets([Path(p) for p in cfg.data.merge_from], out_dir)
+        save_resolved_config(cfg, out_dir, "data_gen", presets)
+        print(f"data_gen: merged {len(cfg.data.merge_from)} datasets → {out_dir} "
+              f"({manifest['num_samples']} samples, {len(manifest['shards'])} shards)")
+        return out_dir
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = None
+    if world > 1 and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    base = load_base(cfg.base, device=device)
+    aux_ids = base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")
+    set_chat_template(base.tokenizer, cfg.data.chat_template)
+    if cfg.data.regenerate_to and world > 1:
+        raise ConfigError("data.regenerate_to: regenerate in a single process first, then launch the dump")
+    samples = tokenize_all(base.tokenizer, load_conversations(base, cfg), cfg.data.max_length, "data_gen")
+    if cfg.data.ds_range is not None:
+        if len(cfg.data.ds_range) != 2 or not cfg.data.ds_range[0] <= cfg.data.ds_range[1]:
+            raise ConfigError(f"data.ds_range: expected [a, b] with a <= b, got {cfg.data.ds_range}")
+        samples = samples[cfg.data.ds_range[0]: cfg.data.ds_range[1]]
+    fingerprint = {"base": cfg.base.model_name_or_path, "conversations": cfg.data.conversations,
+                   "regenerate_to": cfg.data.regenerate_to, "max_length": cfg.data.max_length,
+                   "max_samples": cfg.data.max_samples, "ds_range": cfg.data.ds_range,
+                   "shard_size": cfg.data.shard_size, "hidden_dtype": cfg.data.hidden_dtype,
+                   "chat_template": cfg.data.chat_template, "aux_layer_ids": aux_ids}
+    if world == 1:
+        save_resolved_config(cfg, out_dir, "data_gen", presets)
+        m = dump(base, cfg, samples, out_dir, {**fingerprint, "num_samples": len(samples)}, aux_ids)
+        print(f"data_gen: {m['num_samples']} samples, {m['num_tokens']} tokens in {len(m['shards'])} shards → "
+              f"{out_dir} ({m['_tokens_per_s']:.0f} tok/s this run)")
+        return out_dir
+    # Data-parallel: rank r dumps a contiguous slice into parts/, then rank 0 concatenates the parts in order.
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # `accelerate launch` / torchrun set RANK, WORLD_SIZE and MASTER_ADDR/PORT
+        dist.init_process_group(backend="nccl" if base.device.type == "cuda" else "gloo")
+    per = -(-len(samples) // world)
+    part = out_dir / "parts" / f"rank{rank:03d}-of-{world:03d}"
+    mine = samples[rank * per: (rank + 1) * per]
+    dump(base, cfg, mine, part, {**fingerprint, "part": [rank, world], "num_samples": len(mine)}, aux_ids,
+         desc=f"data_gen rank {rank}")
+    dist.barrier()
+    if rank == 0:
+        if (out_dir / MANIFEST).is_file():
+            print(f"data_gen: {out_dir} is already merged")
+        else:
+            parts = [out_dir / "parts" / f"rank{r:03d}-of-{world:03d}" for r in range(world)]
+            m = merge_datasets(parts, out_dir)
+            save_resolved_config(cfg, out_dir, "data_gen", presets)
+            print(f"data_gen: {world} ranks → {out_dir} ({m['num_samples']} samples, {len(m['shards'])} shards)")
+    dist.barrier()
+    dist.destroy_process_group()
+    return out_dir
 
 if __name__ == "__main__":
     run_entry("data_gen", __doc__.strip().splitlines()[0], run)

@@ -6,7 +6,7 @@ Steps (each skipped when its output already exists, so the base is built once an
   1. byte-level BPE tokenizer (`tokenizers`) over the stdlib sources;
   2. a Llama-architecture causal LM (~5M parameters) trained for `demo.train_steps` steps on 2 CPU cores;
   3. demo conversations: user = a documented function's signature + docstring from the stdlib,
-     assistant = the base model's own continuation (self-distillation), written as `messages` JSONL;
+     assistant = the base model's own sampled continuation (self-distillation), as `messages` JSONL;
      held-out files give a separate evaluation prompt file.
 """
 from __future__ import annotations
@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import DemoSection
+from .data.regenerate import regenerate_conversations
 from .data.stdlib_corpus import function_heads, stdlib_files
+from .modeling.base import FrozenBase
 from .utils.io import atomic_write_text
 
 EOS = "<|endoftext|>"
@@ -98,21 +100,6 @@ def train_base(demo: DemoSection, tokenizer, texts: list[str]):
     return model.eval()
 
 
-@torch.no_grad()
-def continue_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, batch_size: int = 32) -> list[str]:
-    """The base's own continuations (sampled, T=0.7, top-p 0.95): the assistant turns of the demo data."""
-    tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    out = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="self-distilled answers"):
-        chunk = prompts[i: i + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=0.95,
-                             pad_token_id=tokenizer.eos_token_id)
-        out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    return out
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -152,9 +139,11 @@ def build(cfg: RunConfig) -> Path:
     train_heads = train_heads[: demo.num_conversations]
     eval_heads = [h for f in files if f.held_out for h in function_heads(f)]
     rng.shuffle(eval_heads)
-    answers = continue_prompts(model, tokenizer, train_heads, demo.answer_tokens, demo.seed)
-    write_jsonl(conv_path, [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-                            for q, a in zip(train_heads, answers)])
+    # Self-distilled answers: the base's own sampled continuations (T=0.7, top-p 0.95).
+    base = FrozenBase(model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)
+    convs = regenerate_conversations(base, [[{"role": "user", "content": q}] for q in train_heads],
+                                     demo.answer_tokens, temperature=0.7, batch_size=32, seed=demo.seed)
+    write_jsonl(conv_path, [{"messages": c} for c in convs])
     write_jsonl(eval_prompts_path(demo), [{"messages": [{"role": "user", "content": q}]} for q in eval_heads[:200]])
     print(f"demo conversations: {len(train_heads)} → {conv_path}; {min(200, len(eval_heads))} eval prompts → "
           f"{eval_prompts_path(demo)}")

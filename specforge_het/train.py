@@ -18,8 +18,10 @@ from transformers import Trainer, TrainingArguments
 from .algorithms import get_loss
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
+from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
+from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
-from .modeling.base import load_base
+from .modeling.base import FrozenBase, load_base
 from .modeling.drafter import EagleDrafter, build_drafter
 from .utils.io import atomic_write_text
 
@@ -28,14 +30,22 @@ class DrafterTrainer(Trainer):
     """Trainer whose loss is the algorithm's, whose logs carry the loss parts, and whose checkpoints
     are our drafter format (safetensors + JSON, no pickled training args)."""
 
-    def __init__(self, *args, loss_fn, algorithm_cfg, **kwargs):
+    def __init__(self, *args, loss_fn, algorithm_cfg, base: FrozenBase | None = None, aux_layer_ids=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self.algorithm_cfg = algorithm_cfg
+        self.base = base  # online mode: batches without "hidden" get the base's features on the fly
+        self.aux_layer_ids = list(aux_layer_ids)
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "hidden" not in inputs:
+            if self.base is None:
+                raise RuntimeError("batch has no hidden states and the trainer has no base to compute them")
+            inputs["hidden"], aux = self.base.capture(inputs["input_ids"], inputs["attention_mask"], self.aux_layer_ids)
+            if aux is not None:
+                inputs["aux_hidden"] = aux
         loss, metrics = self.loss_fn(model, inputs, self.algorithm_cfg, training=model.training)
         for k, v in metrics.items():
             self._metric_sums[k] += float(v)
@@ -77,19 +87,36 @@ def make_drafter(cfg: RunConfig, base) -> EagleDrafter:
     return build_drafter(base, cfg.modeling.draft_layers, cfg.modeling.draft_config_overrides, meta=meta)
 
 
-def run(cfg: RunConfig, presets: list[str]) -> Path:
-    loss_fn = get_loss(cfg.algorithm.name)
-    base = load_base(cfg.base)
-    dataset = HiddenStateDataset(cfg.data.dataset_dir)
+def training_dataset(cfg: RunConfig, base: FrozenBase):
+    """offline: a data_gen dataset (ours or the official EAGLE .pt layout); online: tokenized conversations."""
+    if cfg.data.mode == "online":
+        set_chat_template(base.tokenizer, cfg.data.chat_template)
+        convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
+        print(f"train (online): {cfg.data.conversations}: {report.summary()}")
+        return TokenizedConversations(tokenize_all(base.tokenizer, convs, cfg.data.max_length, "train (online)"))
+    if cfg.data.mode != "offline":
+        raise ConfigError(f"data.mode: expected offline or online, got {cfg.data.mode!r}")
+    readers = {"specforge_het": HiddenStateDataset, "eagle_pt": EaglePtDataset}
+    if cfg.data.format not in readers:
+        raise ConfigError(f"data.format: expected one of {', '.join(readers)}, got {cfg.data.format!r}")
+    dataset = readers[cfg.data.format](cfg.data.dataset_dir)
     if dataset.manifest.get("hidden_size") != base.hidden_size:
         raise ConfigError(f"{cfg.data.dataset_dir}: dataset hidden_size {dataset.manifest.get('hidden_size')} does "
                           f"not match base {cfg.base.model_name_or_path} hidden_size {base.hidden_size}")
+    return dataset
+
+
+def run(cfg: RunConfig, presets: list[str]) -> Path:
+    loss_fn = get_loss(cfg.algorithm.name)
+    base = load_base(cfg.base)
+    dataset = training_dataset(cfg, base)
     drafter = make_drafter(cfg, base)
     out_dir = Path(cfg.training.output_dir)
     save_resolved_config(cfg, out_dir, "train", presets)
     trainer = DrafterTrainer(
         model=drafter, args=training_arguments(cfg, use_cpu=base.device.type == "cpu"), train_dataset=dataset,
-        data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm,
+        data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
+        aux_layer_ids=base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids"),
     )
     last_ckpt = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
     if last_ckpt:

@@ -57,6 +57,15 @@ class DataSection:
     batch_size: int = 8  # base forward batch while dumping
     hidden_dtype: str = "bfloat16"  # bfloat16 | float16 | float32
     chat_template: Optional[str] = None  # path to a Jinja template overriding the tokenizer's
+    # Extra base layers to capture besides the last (id k = output of decoder block k, 0-based), e.g. EAGLE-3's.
+    aux_layer_ids: list = field(default_factory=list)
+    ds_range: Optional[list] = None  # [a, b): dump only samples a..b-1 (split work across machines)
+    merge_from: list = field(default_factory=list)  # data_gen merges these dataset dirs into dataset_dir
+    mode: str = "offline"  # offline: train reads dataset_dir | online: train runs the base on the fly
+    format: str = "specforge_het"  # dataset layout train reads: specforge_het | eagle_pt (official EAGLE .pt files)
+    regenerate_to: Optional[str] = None  # if set: the base rewrites the assistant turns first, saved here
+    regen_temperature: float = 0.7  # 0 = greedy
+    regen_max_new_tokens: int = 256
 
 
 @dataclass

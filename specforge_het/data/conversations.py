@@ -9,12 +9,16 @@ Accepted JSONL rows (JSON arrays of rows work too):
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..config.schema import ConfigError
 
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "system": "system"}
 
@@ -94,27 +98,64 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
-    """Token ids and a 0/1 mask that is 1 exactly on tokens of assistant turns.
+def _special_strings(tokenizer) -> list[str]:
+    specials = set(tokenizer.all_special_tokens)
+    specials.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    return sorted((s for s in specials if s), key=len, reverse=True)
 
-    The assistant spans are found in characters — the text rendered up to a turn with the generation prompt
-    vs. up to and including the turn — and mapped to tokens through the tokenizer's offsets. This works for
-    any template whose renders are prefixes of each other (all common ones). None if the template is not so.
+
+def assistant_char_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]] | None:
+    """Character spans of the assistant turns in the rendered `text`, found in order.
+
+    Each turn's content (or its stripped content, or the part after `</think>` for templates that drop
+    reasoning from the history) is located after the previous turn, and the span is extended over a special token that immediately follows it (<|eot_id|>, <|im_end|>,
+    eos): the drafter must learn to predict the end of a turn. Template text around a turn (role headers,
+    an inserted empty <think> block) stays outside the mask. None when a turn cannot be found verbatim.
     """
-    text = render(tokenizer, messages)
-    spans = []
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
-        upto = render(tokenizer, messages[: k + 1])
-        if not (text.startswith(upto) and upto.startswith(before)):
+    specials = _special_strings(tokenizer)
+    pos, spans = 0, []
+    for m in messages:
+        content = m["content"]
+        found = -1
+        # Templates may trim a turn, or (reasoning models) drop its <think>…</think> part from the history.
+        candidates = [content, content.strip()]
+        if "</think>" in content:
+            candidates.append(content.split("</think>")[-1].strip())
+        for cand in candidates:
+            if cand and (found := text.find(cand, pos)) >= 0:
+                break
+        if found < 0:
+            if m["role"] == "assistant":
+                return None
+            continue  # a template may rewrite a system/user turn; it is not trained on anyway
+        end = found + len(cand)
+        if m["role"] == "assistant":
+            end += next((len(sp) for sp in specials if text.startswith(sp, end)), 0)
+            spans.append((found, end))
+        pos = end
+    return spans
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
+    """Token ids and a 0/1 mask that is 1 exactly on the tokens of assistant turns.
+
+    A template that marks assistant text with `{% generation %}` is taken at its word (HF's own
+    assistant-token mask); otherwise the turns are located in the rendered text (`assistant_char_spans`)
+    and mapped to tokens through the tokenizer's offsets. None if a turn cannot be located.
+    """
+    if GENERATION_TAG.search(tokenizer.chat_template or ""):
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    else:
+        text = render(tokenizer, messages)
+        spans = assistant_char_spans(tokenizer, messages, text)
+        if spans is None:
             return None
-        spans.append((len(before), len(upto)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    # A token is an assistant token when its characters overlap an assistant span.
-    mask = [int(any(start < b and end > a for a, b in spans)) for start, end in offsets]
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        # A token is an assistant token when its characters overlap an assistant span.
+        mask = [int(any(start < b and end > a for a, b in spans)) for start, end in enc["offset_mapping"]]
     return ids[:max_length], mask[:max_length]
 
 
@@ -126,3 +167,46 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
             break
         first_user.append(m)
     return tokenizer(render(tokenizer, first_user, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+def set_chat_template(tokenizer, path: str | None) -> None:
+    """Replace the tokenizer's chat template with the Jinja file at `path` (data.chat_template)."""
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"data.chat_template: no template file at {path}")
+    tokenizer.chat_template = Path(path).read_text()
+
+
+def tokenize_all(tokenizer, convs: list[list[dict]], max_length: int, who: str) -> list[tuple[list[int], list[int]]]:
+    """Tokenize and mask every conversation; what is dropped or cut is counted and reported, never fatal."""
+    samples, no_assistant, unlocated, truncated = [], 0, 0, 0
+    for msgs in convs:
+        enc = tokenize_conversation(tokenizer, msgs, 1 << 30)
+        if enc is None:
+            unlocated += 1
+            continue
+        truncated += len(enc[0]) > max_length
+        ids, mask = enc[0][:max_length], enc[1][:max_length]
+        if sum(mask) == 0:
+            no_assistant += 1
+        else:
+            samples.append((ids, mask))
+    print(f"{who}: {len(samples)} samples kept; {truncated} truncated to {max_length} tokens, {no_assistant} "
+          f"without assistant tokens (after truncation), {unlocated} whose assistant turns the chat template "
+          f"does not render verbatim")
+    return samples
+
+
+class TokenizedConversations(torch.utils.data.Dataset):
+    """Token ids + loss masks only: online training computes the base's hidden states per batch."""
+
+    def __init__(self, samples: list[tuple[list[int], list[int]]]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict:
+        ids, mask = self.samples[idx]
+        return {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(mask)}

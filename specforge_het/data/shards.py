@@ -8,6 +8,8 @@ so a killed run resumes at the first missing shard with nothing lost or duplicat
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -59,6 +61,8 @@ class ShardWriter:
             "hidden": torch.cat([s["hidden"] for s in samples]).contiguous(),
             "offsets": offsets.to(torch.int64),
         }
+        if "aux_hidden" in samples[0]:
+            tensors["aux_hidden"] = torch.cat([s["aux_hidden"] for s in samples]).contiguous()
         path = self.dir / shard_name(k)
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         self.manifest["shards"].append({"file": path.name, "num_samples": len(samples),
@@ -116,11 +120,14 @@ class HiddenStateDataset(torch.utils.data.Dataset):
         k, i = self.index[idx]
         f, offsets = self._shard(k)
         a, b = int(offsets[i]), int(offsets[i + 1])
-        return {
+        sample = {
             "input_ids": f.get_slice("input_ids")[a:b].long(),
             "loss_mask": f.get_slice("loss_mask")[a:b].long(),
             "hidden": f.get_slice("hidden")[a:b],
         }
+        if self.manifest.get("aux_layer_ids"):
+            sample["aux_hidden"] = f.get_slice("aux_hidden")[a:b]
+        return sample
 
     def __getstate__(self):  # open file handles stay in the process that made them
         state = dict(self.__dict__)
@@ -129,17 +136,57 @@ class HiddenStateDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Right-pad a list of samples into a batch (padding is loss-masked; causal attention never sees it)."""
+    """Right-pad a list of samples into a batch (padding is loss-masked; causal attention never sees it).
+    `attention_mask` marks the real tokens (online training runs the base on the batch)."""
     T = max(len(s["input_ids"]) for s in samples)
-    H = samples[0]["hidden"].shape[-1]
-    B = len(samples)
-    batch = {
-        "input_ids": torch.zeros(B, T, dtype=torch.long),
-        "loss_mask": torch.zeros(B, T, dtype=torch.long),
-        "hidden": torch.zeros(B, T, H, dtype=samples[0]["hidden"].dtype),
-    }
+    batch = {"attention_mask": torch.zeros(len(samples), T, dtype=torch.long)}
+    for key, first in samples[0].items():
+        batch[key] = torch.zeros(len(samples), T, *first.shape[1:], dtype=first.dtype)
     for j, s in enumerate(samples):
         n = len(s["input_ids"])
-        for key in batch:
-            batch[key][j, :n] = s[key]
+        batch["attention_mask"][j, :n] = 1
+        for key, value in s.items():
+            batch[key][j, :n] = value
     return batch
+
+
+COMPATIBLE_KEYS = ("hidden_size", "hidden_dtype", "aux_layer_ids", "base")
+
+
+def merge_datasets(sources: list[Path], out_dir: Path) -> dict:
+    """Concatenate complete shard sets, in the order given, into out_dir (checksums verified on the way).
+    Shards are copied (hard-linked where possible) first and the manifest written last, so an interrupted
+    merge leaves no manifest that claims more than is there."""
+    manifests = []
+    for src in sources:
+        m = HiddenStateDataset(src, verify=False).manifest  # checks format and completeness
+        for key in COMPATIBLE_KEYS:
+            if manifests and m.get(key) != manifests[0][1].get(key):
+                raise ConfigError(f"cannot merge {src} with {manifests[0][0]}: '{key}' differs "
+                                  f"({m.get(key)!r} vs {manifests[0][1].get(key)!r})")
+        manifests.append((src, m))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).is_file():
+        raise ConfigError(f"{out_dir} already holds a dataset; merge into an empty folder")
+    shards = []
+    for src, m in manifests:
+        for info in m["shards"]:
+            path = src / info["file"]
+            if not path.is_file() or sha256_file(path) != info["sha256"]:
+                raise ConfigError(f"dataset shard {path} is missing, corrupt or truncated (sha256 mismatch)")
+            dst = out_dir / shard_name(len(shards))
+            tmp = dst.with_name(dst.name + ".tmp")
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, dst)
+            shards.append({**info, "file": dst.name})
+    first = manifests[0][1]
+    merged = {"format": FORMAT, "format_version": 1, "shard_size": first["shard_size"], "complete": True,
+              "fingerprint": {"merged_from": [str(s) for s, _ in manifests]}, "shards": shards,
+              **{k: first.get(k) for k in COMPATIBLE_KEYS},
+              "num_samples": sum(m["num_samples"] for _, m in manifests),
+              "num_tokens": sum(m["num_tokens"] for _, m in manifests)}
+    atomic_write_json(out_dir / MANIFEST, merged)
+    return merged

@@ -83,6 +83,27 @@ class FrozenBase:
         return out.hidden_states[-1], out.logits
 
 
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.get_text_config().num_hidden_layers
+
+    def check_layer_ids(self, layer_ids, where: str) -> list[int]:
+        n = self.num_layers
+        bad = [k for k in layer_ids if not isinstance(k, int) or not 0 <= k < n]
+        if bad:
+            raise ConfigError(f"{where}: layer ids {bad} out of range; the base has {n} decoder layers (0..{n - 1})")
+        return list(layer_ids)
+
+    @torch.no_grad()
+    def capture(self, input_ids, attention_mask=None, aux_layer_ids=()):
+        """Hidden states without the lm_head: (last hidden after the final norm [B,T,H],
+        the outputs of decoder blocks `aux_layer_ids` concatenated on the feature axis [B,T,k*H] or None)."""
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                       output_hidden_states=bool(aux_layer_ids))
+        aux = torch.cat([out.hidden_states[k + 1] for k in aux_layer_ids], dim=-1) if aux_layer_ids else None
+        return out.last_hidden_state, aux
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     for p in model.parameters():
