@@ -75,20 +75,33 @@ def test_hidden_states_match_a_fresh_base_forward(dataset):
     torch.testing.assert_close(s["hidden"].float(), h[0].to(torch.bfloat16).float())
 
 
-def test_data_gen_resumes_after_a_kill(dataset, tmp_path):
-    """Drop the last shard and its manifest entry (a run killed mid-way): a rerun restores the same bytes."""
-    src = Path(dataset.data.dataset_dir)
-    dst = tmp_path / "dataset"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    last = manifest["shards"].pop()
-    manifest["complete"] = False
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    (dst / last["file"]).unlink()
+def test_data_gen_resumes_after_a_crash(dataset, tmp_path, monkeypatch):
+    """A run that dies after 2 shards, rerun with the same command, equals an uninterrupted run byte for byte."""
+    from specforge_het.data import shards
+
+    real_write, calls = shards.ShardWriter.write, {"n": 0}
+
+    def dying_write(self, samples):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        real_write(self, samples)
+
     cfg = make_cfg(tmp_path, dataset.base.model_name_or_path, dataset.data.conversations)
+    monkeypatch.setattr(shards.ShardWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        data_gen.run(cfg, [])
+    partial = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    assert len(partial["shards"]) == 2 and not partial["complete"]
+    with pytest.raises(ConfigError, match="incomplete"):
+        HiddenStateDataset(tmp_path / "dataset")
+    monkeypatch.setattr(shards.ShardWriter, "write", real_write)
     data_gen.run(cfg, [])
-    again = json.loads((dst / "manifest.json").read_text())
-    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in json.loads((src / "manifest.json").read_text())["shards"]]
+    src = Path(dataset.data.dataset_dir)
+    again = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    want = json.loads((src / "manifest.json").read_text())
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in want["shards"]]
+    assert again["num_samples"] == want["num_samples"]
 
 
 def test_corrupt_shard_is_named(dataset, tmp_path):
