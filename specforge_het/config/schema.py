@@ -106,7 +106,10 @@ class InferenceSection:
     prompts: Optional[str] = None  # JSONL of conversations / MT-bench questions; None = data.conversations
     num_prompts: int = 8
     prompt_offset: int = 0  # skip this many prompts first (e.g. to step past the training split)
-    check_lossless: bool = True
+    check_lossless: bool = True  # greedy only: compare every output with transformers' greedy generate
+    temperature: float = 0.0  # 0 = greedy; > 0 = sampling (exact recursive rejection sampling)
+    top_p: float = 1.0
+    seed: int = 0
 
 
 @dataclass

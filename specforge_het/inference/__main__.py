@@ -1,7 +1,11 @@
-"""inference: greedy speculative decoding with a trained drafter, checked token-for-token against
-base-only greedy decoding, with τ, tokens/s and speedup measured side by side in one run.
+"""inference: speculative decoding with a trained drafter next to base-only decoding, with τ, tokens/s and
+speedup measured side by side in one run; greedy outputs are checked token-for-token against transformers.
 
     python -m specforge_het.inference [--@preset ...] [--inference.drafter_path DIR] [--inference.strategy both]
+    python -m specforge_het.inference ... --inference.temperature 0.8 --inference.top_p 0.95   # sampling
+
+Sampling uses recursive rejection sampling, which keeps the output distribution exactly the base's; that is
+proven statistically in tests/test_sampling.py, since sampled outputs cannot be compared token by token.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from ..data.conversations import prompt_ids, read_conversations
 from ..modeling.base import load_base
 from ..modeling.drafter import EagleDrafter
 from ..utils.io import atomic_write_json
-from .engine import base_greedy, hf_greedy, speculative_greedy
+from .engine import Sampling, base_decode, hf_greedy, speculative_decode
 
 STRATEGIES = ("chain", "tree")
 
@@ -74,7 +78,11 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     for s in strategies:
         if s not in STRATEGIES:
             raise ConfigError(f"inference.strategy: expected chain, tree or both, got {inf.strategy!r}")
-    torch.manual_seed(0)
+    try:
+        sampling = Sampling(inf.temperature, inf.top_p, inf.seed)
+    except ValueError as e:
+        raise ConfigError(f"inference: {e}") from None
+    check = inf.check_lossless and sampling.greedy
     base = load_base(cfg.base)
     drafter = EagleDrafter.from_pretrained(inf.drafter_path, device=base.device, dtype=base.dtype)
     drafter.attach_base(base.embed_tokens, base.lm_head).eval()
@@ -84,38 +92,39 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     save_resolved_config(cfg, out_dir, "inference", presets)
 
     # Warm-up (first calls pay for allocation and kernel selection), then every decoder on every prompt.
-    base_greedy(base, prompts[0], 4, eos)
-    speculative_greedy(base, drafter, prompts[0], 4, eos, **strategy_params(cfg, strategies[0]))
+    base_decode(base, prompts[0], 4, eos, sampling)
+    speculative_decode(base, drafter, prompts[0], 4, eos, **strategy_params(cfg, strategies[0]), sampling=sampling)
     base_runs, references = [], []
-    for p in tqdm(prompts, desc="base-only greedy"):
-        base_runs.append(base_greedy(base, p, inf.max_new_tokens, eos))
-        references.append(hf_greedy(base, p, inf.max_new_tokens, eos) if inf.check_lossless else None)
+    for p in tqdm(prompts, desc="base-only decoding"):
+        base_runs.append(base_decode(base, p, inf.max_new_tokens, eos, sampling))
+        references.append(hf_greedy(base, p, inf.max_new_tokens, eos) if check else None)
     report = {"base": cfg.base.model_name_or_path, "drafter": inf.drafter_path, "max_new_tokens": inf.max_new_tokens,
-              "prompts": len(prompts), "strategies": []}
+              "prompts": len(prompts), "temperature": inf.temperature, "top_p": inf.top_p, "strategies": []}
     all_ok = True
     for s in strategies:
         params = strategy_params(cfg, s)
-        runs = [speculative_greedy(base, drafter, p, inf.max_new_tokens, eos, **params)
+        runs = [speculative_decode(base, drafter, p, inf.max_new_tokens, eos, **params, sampling=sampling)
                 for p in tqdm(prompts, desc=f"speculative ({s})")]
-        identical = sum(r.tokens == ref for r, ref in zip(runs, references)) if inf.check_lossless else -1
+        identical = sum(r.tokens == ref for r, ref in zip(runs, references)) if check else -1
         # The base-only loop must itself match transformers' generate, or the comparison means nothing.
-        base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if inf.check_lossless else -1
+        base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
         row = summarise(s, params, runs, base_runs, identical)
         row["base_loop_identical_to_generate"] = base_identical
         report["strategies"].append(row)
-        all_ok &= not inf.check_lossless or (identical == len(prompts))
-    report["lossless"] = all_ok if inf.check_lossless else None
+        all_ok &= not check or (identical == len(prompts) == base_identical)
+    report["lossless"] = all_ok if check else None
     atomic_write_json(out_dir / "report.json", report)
     print_report(report)
-    if inf.check_lossless and not all_ok:
+    if check and not all_ok:
         print("inference: LOSSLESS CHECK FAILED — speculative output differs from base greedy output", file=sys.stderr)
         raise SystemExit(1)
     return report
 
 
 def print_report(report: dict) -> None:
-    print(f"\nspeculative decoding on {report['prompts']} prompts, {report['max_new_tokens']} new tokens max "
-          f"(base {report['base']}, drafter {report['drafter']})")
+    mode = "greedy" if not report["temperature"] else f"sampling T={report['temperature']} top-p={report['top_p']}"
+    print(f"\nspeculative decoding ({mode}) on {report['prompts']} prompts, {report['max_new_tokens']} new tokens "
+          f"max (base {report['base']}, drafter {report['drafter']})")
     print(f"{'strategy':<8} {'depth':>5} {'top_k':>5} {'nodes':>5} {'tau':>6} {'tok/s':>8} {'base tok/s':>10} "
           f"{'speedup':>7} {'iter/step':>9} {'identical':>9}")
     for r in report["strategies"]:

@@ -1,4 +1,4 @@
-"""Greedy speculative decoding with a drafter over a frozen base (batch 1), and the base-only baseline.
+"""Speculative decoding with a drafter over a frozen base (batch 1, greedy or sampled), and the base-only baseline.
 
 Per iteration: the drafter builds a tree from its last feature; the base verifies the whole tree in one
 forward (tree attention mask + tree position ids); the accepted path's KV entries are compacted in place;
@@ -12,7 +12,27 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .tree import ancestor_matrix, expand_tree, greedy_accept, tree_attention_mask
+from .tree import ancestor_matrix, expand_tree, greedy_accept, sample_accept, sampling_probs, tree_attention_mask
+
+
+@dataclass
+class Sampling:
+    """temperature 0 = greedy (then top_p is unused)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling needs temperature >= 0 and 0 < top_p <= 1, got {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generator(self, device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed)
 
 
 @dataclass
@@ -65,19 +85,27 @@ def _close(res: DecodeResult, tokens: list[int], prompt: list[int], max_new: int
     return res
 
 
+def _next_token(logits: torch.Tensor, sampling: Sampling, gen) -> torch.Tensor:
+    if sampling.greedy:
+        return logits.argmax()
+    return torch.multinomial(sampling_probs(logits, sampling.temperature, sampling.top_p), 1, generator=gen)[0]
+
+
 @torch.no_grad()
-def base_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> DecodeResult:
-    """Plain one-token-per-forward greedy decoding with a KV cache: the speed baseline."""
+def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
+                sampling: Sampling = Sampling()) -> DecodeResult:
+    """Plain one-token-per-forward decoding with a KV cache (greedy or sampled): the reference and speed baseline."""
     t0 = time.perf_counter()
+    gen = sampling.generator(base.device)
     ids = torch.tensor([prompt], device=base.device)
     cache = DynamicCache(config=base.config)
     _, logits = base.forward(ids, past_key_values=cache)
-    tokens = list(prompt) + [int(logits[0, -1].argmax())]
+    tokens = list(prompt) + [int(_next_token(logits[0, -1], sampling, gen))]
     res = DecodeResult(tokens=tokens)
     while not _finished(tokens, len(prompt), max_new_tokens, eos):
         ti = time.perf_counter()
         _, logits = base.forward(torch.tensor([[tokens[-1]]], device=base.device), past_key_values=cache)
-        tokens.append(int(logits[0, -1].argmax()))
+        tokens.append(int(_next_token(logits[0, -1], sampling, gen)))
         res.steps += 1
         res.accepted.append(0)
         res.iteration_seconds.append(time.perf_counter() - ti)
@@ -85,15 +113,17 @@ def base_greedy(base, prompt: list[int], max_new_tokens: int, eos: set[int]) -> 
 
 
 @torch.no_grad()
-def speculative_greedy(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
-                       depth: int, top_k: int, total_tokens: int) -> DecodeResult:
+def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
+                       depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling()) -> DecodeResult:
+    """Greedy: token-identical to `base_decode`. Sampling: recursive rejection sampling, distributed exactly as it."""
     t0 = time.perf_counter()
     dev = base.device
+    gen = sampling.generator(dev)
     ids = torch.tensor([prompt], device=dev)
     base_cache = DynamicCache(config=base.config)
     draft_cache = DynamicCache(config=drafter.hf_config)
     hidden, logits = base.forward(ids, past_key_values=base_cache)
-    root = logits[0, -1].argmax()
+    root = _next_token(logits[0, -1], sampling, gen)
     tokens = list(prompt) + [int(root)]
     # Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n-1.
     n = len(prompt)
@@ -112,9 +142,13 @@ def speculative_greedy(base, drafter, prompt: list[int], max_new_tokens: int, eo
         positions = (base_len + tree.depths)[None]
         hidden, logits = base.forward(tree.tokens[None], attention_mask=mask, position_ids=positions,
                                       past_key_values=base_cache)
-        base_argmax = logits[0].argmax(-1)
-        path = greedy_accept(tree, anc, base_argmax)
-        bonus = base_argmax[path[-1]]
+        if sampling.greedy:
+            base_argmax = logits[0].argmax(-1)
+            path = greedy_accept(tree, anc, base_argmax)
+            bonus = base_argmax[path[-1]]
+        else:
+            probs = sampling_probs(logits[0], sampling.temperature, sampling.top_p)
+            path, bonus = sample_accept(tree, probs, gen)
         compact_cache(base_cache, torch.cat([torch.arange(base_len, device=dev), base_len + path]))
         accepted_tokens = tree.tokens[path[1:]]
         tokens.extend(accepted_tokens.tolist() + [int(bonus)])

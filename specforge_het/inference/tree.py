@@ -126,3 +126,40 @@ def greedy_accept(tree: DraftTree, anc: torch.Tensor, base_argmax: torch.Tensor)
         ok[rows] = correct[rows] & ok[tree.parents[rows]]
     deepest = torch.where(ok, tree.depths, torch.full_like(tree.depths, -1)).argmax()
     return anc[deepest].nonzero(as_tuple=True)[0]  # ancestors in tree order = root → deepest
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The distribution the base samples from: softmax(logits / T), restricted to the top-p nucleus."""
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # the most likely token always stays
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recursive rejection sampling over a tree of deterministic candidates (SpecInfer-style multi-draft, with
+    each candidate a point-mass draft): at node u with base distribution p, try u's children in order —
+    accept child x with probability p(x); on rejection set p(x) = 0 and renormalise (the residual
+    norm(max(0, p − δ_x))). If no child is accepted, the next token is sampled from the residual. The emitted
+    tokens are distributed exactly as base sampling, whatever the drafter proposed.
+    Returns (accepted path of tree indices, root first; the sampled next token)."""
+    path, cur = [0], 0
+    while True:
+        p = probs[cur].clone()
+        nxt = None
+        for c in (tree.parents == cur).nonzero(as_tuple=True)[0].tolist():
+            x = tree.tokens[c]
+            if torch.rand((), generator=generator, device=p.device) < p[x]:
+                nxt = c
+                break
+            p[x] = 0.0
+            p = p / p.sum()
+        if nxt is None:
+            token = torch.multinomial(p, 1, generator=generator)[0]
+            return torch.tensor(path, device=probs.device), token
+        path.append(nxt)
+        cur = nxt
