@@ -23,6 +23,7 @@ from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .modeling.drafter import EagleDrafter, build_drafter
+from .modeling.vocab import target_token_counts, top_tokens
 from .utils.io import atomic_write_text
 
 
@@ -81,10 +82,25 @@ def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
     )
 
 
-def make_drafter(cfg: RunConfig, base) -> EagleDrafter:
+def make_drafter(cfg: RunConfig, base, dataset=None) -> EagleDrafter:
+    """The drafter the modeling section describes; a reduced draft vocabulary is counted from `dataset`."""
+    m = cfg.modeling
+    for key, value in (("embedding", m.embedding), ("lm_head", m.lm_head)):
+        if value not in ("shared", "own"):
+            raise ConfigError(f"modeling.{key}: expected shared or own, got {value!r}")
+    draft_vocab = None
+    if m.draft_vocab_size is not None and m.draft_vocab_size != base.vocab_size:
+        if dataset is None:
+            raise ConfigError("modeling.draft_vocab_size needs a training dataset to count target tokens in")
+        used, coverage = top_tokens(target_token_counts(dataset, base.vocab_size), m.draft_vocab_size)
+        print(f"train: draft vocabulary {used.numel()} of {base.vocab_size} tokens covers {coverage:.1%} of the "
+              "loss-masked target tokens")
+        draft_vocab = used
     meta = {"algorithm": cfg.algorithm.name, "base_model_name_or_path": cfg.base.model_name_or_path}
     torch.manual_seed(cfg.training.seed)
-    return build_drafter(base, cfg.modeling.draft_layers, cfg.modeling.draft_config_overrides, meta=meta)
+    return build_drafter(base, m.draft_layers, m.draft_config_overrides, meta=meta, family=m.draft_family,
+                         hidden_size=m.draft_hidden_size, own_embedding=m.embedding == "own",
+                         own_lm_head=m.lm_head == "own", draft_vocab=draft_vocab)
 
 
 def training_dataset(cfg: RunConfig, base: FrozenBase):
@@ -110,7 +126,7 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     loss_fn = get_loss(cfg.algorithm.name)
     base = load_base(cfg.base)
     dataset = training_dataset(cfg, base)
-    drafter = make_drafter(cfg, base)
+    drafter = make_drafter(cfg, base, dataset)
     out_dir = Path(cfg.training.output_dir)
     save_resolved_config(cfg, out_dir, "train", presets)
     trainer = DrafterTrainer(

@@ -197,3 +197,25 @@ def test_missing_base_gets_one_clear_error(tmp_path):
     cfg = make_cfg(tmp_path, str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="no model at"):
         load_base(cfg.base)
+
+
+def test_heterogeneous_drafter_through_train_and_inference(dataset, tmp_path):
+    """A Qwen3 draft layer at half width, own embedding, reduced vocabulary: trained by the train entry point on
+    the data_gen dataset, reloaded by inference, lossless."""
+    cfg = make_cfg(tmp_path, dataset.base.model_name_or_path, dataset.data.conversations,
+                   data__dataset_dir=dataset.data.dataset_dir, modeling__draft_family="qwen3",
+                   modeling__draft_hidden_size=32, modeling__embedding="own", modeling__draft_vocab_size=200,
+                   training__max_steps=30, training__learning_rate=3e-3, training__logging_steps=10)
+    train.run(cfg, [])
+    out = Path(cfg.training.output_dir)
+    state = load_file(str(out / "model.safetensors"))
+    assert state["lm_head.weight"].shape == (200, 64) and state["d2t"].dtype == torch.int64
+    assert state["out_proj.weight"].shape == (64, 32) and state["embed.weight"].shape[1] == 32
+    assert json.loads((out / "drafter_config.json").read_text())["draft_config"]["model_type"] == "qwen3"
+    log = [h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
+    assert log[-1]["loss"] < log[0]["loss"]
+    cfg.inference.prompts, cfg.inference.num_prompts, cfg.inference.prompt_offset = cfg.data.conversations, 4, 30
+    cfg.inference.max_new_tokens = 24
+    cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 3, 3, 8
+    report = inference.run(cfg, [])
+    assert report["lossless"] and all(r["identical"] == 4 for r in report["strategies"])

@@ -2,7 +2,8 @@
 
 For a sequence of tokens t_0..t_{T-1} with base features h_0..h_{T-1} (final-norm outputs), the drafter
 sees pairs (h_i, t_{i+1}) at position i and predicts h_{i+1}. Loss, on assistant positions only:
-    v_w * SmoothL1(pred, h_{i+1}) + p_w * CE(softmax(lm_head(h_{i+1})), log_softmax(lm_head(pred)))
+    v_w * SmoothL1(pred, h_{i+1}) + p_w * CE(softmax(lm_head(h_{i+1})), log_softmax(head(pred)))
+where lm_head is the base's and head the drafter's (the base's, or its own over a possibly reduced vocabulary).
 Uniform feature noise (width noise_std) is added to the input features while training.
 """
 from __future__ import annotations
@@ -29,12 +30,16 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     positions = torch.arange(inp_h.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
     pred = drafter(inp_h, inp_ids, positions)
     with torch.no_grad():
-        target_logits = drafter.logits(target_h).float()
-        target_p = target_logits.softmax(-1)
+        # Over the draft vocabulary; positions whose base top token lies outside it teach the head nothing.
+        target_logits, in_vocab = drafter.target_logits(target_h)
+        target_p = target_logits.float().softmax(-1)
     pred_logits = drafter.logits(pred).float()
-    ploss = _masked_mean(-(target_p * pred_logits.log_softmax(-1)).sum(-1), m)
+    m_head = m * in_vocab.to(dtype)
+    ploss = _masked_mean(-(target_p * pred_logits.log_softmax(-1)).sum(-1), m_head)
     vloss = _masked_mean(F.smooth_l1_loss(pred.float(), target_h.float(), reduction="none").mean(-1), m)
     loss = alg.v_w * vloss + alg.p_w * ploss
     with torch.no_grad():
-        acc = _masked_mean((pred_logits.argmax(-1) == target_logits.argmax(-1)).to(dtype), m)
+        # Top-1 agreement with the base over all positions (a token outside the draft vocabulary is a miss).
+        hit = (pred_logits.argmax(-1) == target_logits.argmax(-1)) & in_vocab
+        acc = _masked_mean(hit.to(dtype), m)
     return loss, {"vloss": vloss.detach(), "ploss": ploss.detach(), "acc": acc}

@@ -31,7 +31,13 @@ class ModelingSection:
     """The drafter's architecture."""
 
     draft_layers: int = 1
-    # Merged into the draft decoder's HF config (e.g. {"intermediate_size": 512}).
+    # HF model_type of the draft decoder layers (llama, qwen3, qwen3_moe, mistral, gemma2, ...); None = the base's.
+    draft_family: Optional[str] = None
+    draft_hidden_size: Optional[int] = None  # None = the base's width; otherwise projections map between widths
+    embedding: str = "shared"  # shared (the base's, frozen) | own (trainable, at the draft width)
+    lm_head: str = "shared"  # shared (the base's, frozen) | own (trainable; implied by draft_vocab_size)
+    draft_vocab_size: Optional[int] = None  # top-N target tokens of the training data; None = the full vocabulary
+    # Merged into the draft decoder's HF config last (e.g. {"intermediate_size": 512, "num_experts": 4}).
     draft_config_overrides: dict = field(default_factory=dict)
 
 

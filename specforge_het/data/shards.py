@@ -129,6 +129,15 @@ class HiddenStateDataset(torch.utils.data.Dataset):
             sample["aux_hidden"] = f.get_slice("aux_hidden")[a:b]
         return sample
 
+    def token_arrays(self):
+        """(input_ids, loss_mask) of every sample, shard by shard without touching the hidden states."""
+        for k in range(len(self.manifest["shards"])):
+            f, offsets = self._shard(k)
+            ids, mask = f.get_tensor("input_ids").long(), f.get_tensor("loss_mask").long()
+            for i in range(offsets.numel() - 1):
+                a, b = int(offsets[i]), int(offsets[i + 1])
+                yield ids[a:b], mask[a:b]
+
     def __getstate__(self):  # open file handles stay in the process that made them
         state = dict(self.__dict__)
         state["_open"] = {}

@@ -85,7 +85,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     check = inf.check_lossless and sampling.greedy
     base = load_base(cfg.base)
     drafter = EagleDrafter.from_pretrained(inf.drafter_path, device=base.device, dtype=base.dtype)
-    drafter.attach_base(base.embed_tokens, base.lm_head).eval()
+    drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
     prompts = load_prompts(cfg, base.tokenizer)
     eos = eos_ids(base)
     out_dir = Path(inf.output_dir)

@@ -49,6 +49,17 @@ class DecodeResult:
         return sum(self.accepted) + self.steps
 
 
+def full_cache(base=None, length: int = 0) -> DynamicCache:
+    """A cache of plain full-attention layers. HF would give sliding-window families (Mistral, Gemma) rolling
+    layers that drop old entries and count positions themselves, which tree compaction cannot edit; full layers
+    are exact as long as the sequence stays inside the window, which is checked here."""
+    window = base.sliding_window if base is not None else None
+    if window is not None and length > window:
+        raise ValueError(f"prompt + max_new_tokens = {length} exceeds the base's sliding window ({window}); "
+                         "speculative decoding here is exact only within the window")
+    return DynamicCache()
+
+
 def compact_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
     """Keep only the sequence positions `keep` (sorted) in every layer of a DynamicCache."""
     for layer in cache.layers:
@@ -98,7 +109,7 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
     t0 = time.perf_counter()
     gen = sampling.generator(base.device)
     ids = torch.tensor([prompt], device=base.device)
-    cache = DynamicCache(config=base.config)
+    cache = full_cache(base, len(prompt) + max_new_tokens)
     _, logits = base.forward(ids, past_key_values=cache)
     tokens = list(prompt) + [int(_next_token(logits[0, -1], sampling, gen))]
     res = DecodeResult(tokens=tokens)
@@ -120,8 +131,8 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
     dev = base.device
     gen = sampling.generator(dev)
     ids = torch.tensor([prompt], device=dev)
-    base_cache = DynamicCache(config=base.config)
-    draft_cache = DynamicCache(config=drafter.hf_config)
+    base_cache = full_cache(base, len(prompt) + max_new_tokens + total_tokens + 1)
+    draft_cache = full_cache()
     hidden, logits = base.forward(ids, past_key_values=base_cache)
     root = _next_token(logits[0, -1], sampling, gen)
     tokens = list(prompt) + [int(root)]

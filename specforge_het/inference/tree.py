@@ -61,6 +61,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
     device = root_token.device
     logp = drafter.logits(root_feature[None]).float().log_softmax(-1)[0]
     scores, tokens = logp.topk(top_k)
+    tokens = drafter.draft_to_target(tokens)  # a reduced draft vocabulary maps back to target ids
     # Candidate pool (global indices), parents index the pool (-1 = root).
     pool_tokens, pool_scores = [tokens], [scores]
     pool_parents = [torch.full((top_k,), -1, dtype=torch.long, device=device)]
@@ -88,6 +89,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
                       attention_mask=mask, past_key_values=draft_cache)[0]
         logp = drafter.logits(out).float().log_softmax(-1)  # [k_in, V]
         child_scores, child_tokens = logp.topk(top_k, dim=-1)
+        child_tokens = drafter.draft_to_target(child_tokens)
         cum = torch.cat(pool_scores)[frontier][:, None] + child_scores - TIE_BREAK  # [k_in, top_k]
         pool_tokens.append(child_tokens.reshape(-1))
         pool_scores.append(cum.reshape(-1))

@@ -1,8 +1,10 @@
 """Loading the frozen base model and reading what the drafter needs from it.
 
-Generic over `AutoModelForCausalLM`: the embedding and lm_head come from HF's own accessors
-(`get_input_embeddings` / `get_output_embeddings`), hidden states from `output_hidden_states`
-(the last entry is the final-norm output, i.e. the lm_head input EAGLE regresses on).
+Generic over `AutoModelForCausalLM`, no per-family wrapper: the embedding and lm_head come from HF's own
+accessors (`get_input_embeddings` / `get_output_embeddings`), the decoder from `get_decoder()`, its block list
+and final norm by attribute name (`DECODER_PARTS` lists the few families that name them differently).
+Intermediate layers are captured with forward hooks on the blocks (only the requested ones are kept in memory);
+the last feature is the decoder's output after the final norm, i.e. the lm_head input EAGLE regresses on.
 """
 from __future__ import annotations
 
@@ -44,6 +46,43 @@ def check_model_path(path: str, what: str) -> None:
         raise ConfigError(f"{what}: no model at {path!r} (expected a folder with config.json){hint}")
 
 
+# model_type → (attribute of the decoder holding the blocks, attribute holding the final norm), where a family
+# does not use the common names (`layers` / `norm`); anything else is found by `decoder_parts`' search.
+DECODER_PARTS = {
+    "gpt2": ("h", "ln_f"),
+    "gpt_neox": ("layers", "final_layer_norm"),
+    "phi": ("layers", "final_layernorm"),
+    "falcon": ("h", "ln_f"),
+    "bloom": ("h", "ln_f"),
+    "gptj": ("h", "ln_f"),
+}
+_BLOCK_NAMES = ("layers", "h", "blocks", "block")
+_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
+
+
+def decoder_parts(model) -> tuple[torch.nn.ModuleList, torch.nn.Module | None]:
+    """(decoder blocks, final norm) of any HF causal LM."""
+    decoder = model.get_decoder()
+    model_type = model.config.get_text_config().model_type
+    names = [DECODER_PARTS[model_type]] if model_type in DECODER_PARTS else [(b, n) for b in _BLOCK_NAMES
+                                                                            for n in _NORM_NAMES]
+    blocks = next((getattr(decoder, b) for b, _ in names
+                   if isinstance(getattr(decoder, b, None), torch.nn.ModuleList)), None)
+    if blocks is None:
+        raise ConfigError(f"base model_type {model_type!r}: cannot find its decoder blocks (looked for "
+                          f"{', '.join(_BLOCK_NAMES)} on {type(decoder).__name__}); add it to DECODER_PARTS")
+    norm = next((getattr(decoder, n) for _, n in names if isinstance(getattr(decoder, n, None), torch.nn.Module)), None)
+    return blocks, norm
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the token → id map: two tokenizers that encode identically share it."""
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode()).hexdigest()[:16]
+
+
 @dataclass
 class FrozenBase:
     """The base model, frozen and in eval mode, plus its tokenizer."""
@@ -60,6 +99,20 @@ class FrozenBase:
     @property
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The smallest attention window of any layer, or None when every layer attends to everything."""
+        cfg = self.model.config.get_text_config()
+        window = getattr(cfg, "sliding_window", None)
+        if not window or getattr(cfg, "use_sliding_window", True) is False:
+            return None
+        types = getattr(cfg, "layer_types", None)
+        return window if types is None or "sliding_attention" in types else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[0]
 
     @property
     def embed_tokens(self) -> torch.nn.Module:
@@ -98,9 +151,21 @@ class FrozenBase:
     def capture(self, input_ids, attention_mask=None, aux_layer_ids=()):
         """Hidden states without the lm_head: (last hidden after the final norm [B,T,H],
         the outputs of decoder blocks `aux_layer_ids` concatenated on the feature axis [B,T,k*H] or None)."""
-        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                       output_hidden_states=bool(aux_layer_ids))
-        aux = torch.cat([out.hidden_states[k + 1] for k in aux_layer_ids], dim=-1) if aux_layer_ids else None
+        blocks, _ = decoder_parts(self.model)
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(k):
+            def fn(module, args, output):
+                captured[k] = output[0] if isinstance(output, tuple) else output
+            return fn
+
+        handles = [blocks[k].register_forward_hook(hook(k)) for k in sorted(set(aux_layer_ids))]
+        try:
+            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        aux = torch.cat([captured[k] for k in aux_layer_ids], dim=-1) if aux_layer_ids else None
         return out.last_hidden_state, aux
 
 
