@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .algorithms import get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
 from .data.conversations import read_conversations, set_chat_template, tokenize_all
@@ -105,7 +106,9 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     if world > 1 and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     base = load_base(cfg.base, device=device)
-    aux_ids = base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")
+    # The algorithm's drafter may read more base layers than the last (EAGLE-3: three, by default {1, N/2−1, N−4}).
+    algo_layers = get_algorithm(cfg.algorithm.name).feature_layers(base.num_layers, cfg.data.aux_layer_ids)
+    aux_ids = base.check_layer_ids(algo_layers if algo_layers else cfg.data.aux_layer_ids, "data.aux_layer_ids")
     set_chat_template(base.tokenizer, cfg.data.chat_template)
     if cfg.data.regenerate_to and world > 1:
         raise ConfigError("data.regenerate_to: regenerate in a single process first, then launch the dump")

@@ -4,7 +4,7 @@
 
 Formats in this release:
   specforge_het  our own: model.safetensors + drafter_config.json (+ resolved config), loadable with
-                 `EagleDrafter.from_pretrained(path)` — no trust_remote_code, no pickle.
+                 `load_drafter(path)` — no trust_remote_code, no pickle.
 The SGLang / vLLM layouts are separate exporters (see the export issue); they are refused here by name.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError, closest
 from .modeling.base import resolve_dtype
-from .modeling.drafter import EagleDrafter
+from .modeling.drafter_base import load_drafter
 
 FORMATS = ("specforge_het",)
 PLANNED = {"sglang": "the SGLang EAGLE/EAGLE-3 layout", "vllm": "the vLLM speculators layout",
@@ -23,13 +23,13 @@ PLANNED = {"sglang": "the SGLang EAGLE/EAGLE-3 layout", "vllm": "the vLLM specul
 
 
 def export_specforge_het(checkpoint: str, out: str, dtype_name: str | None) -> Path:
-    drafter = EagleDrafter.from_pretrained(checkpoint)
+    drafter = load_drafter(checkpoint)
     dtype = resolve_dtype(dtype_name, "export.dtype") if dtype_name else None
     out_path = drafter.save_pretrained(out, dtype=dtype)
     # Validate what we wrote by reading it back: every key present, same shapes.
-    again = EagleDrafter.from_pretrained(out_path)
-    want = {k: v.shape for k, v in drafter.state_dict().items() if not k.startswith("rotary_emb.")}
-    got = {k: v.shape for k, v in again.state_dict().items() if not k.startswith("rotary_emb.")}
+    again = load_drafter(out_path)
+    want = {k: v.shape for k, v in drafter.state_dict().items() if "rotary_emb." not in k}
+    got = {k: v.shape for k, v in again.state_dict().items() if "rotary_emb." not in k}
     if want != got:
         raise RuntimeError(f"export to {out_path} did not round-trip: keys/shapes differ")
     return out_path

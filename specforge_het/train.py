@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .algorithms import get_loss
+from .algorithms import get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
 from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
-from .modeling.drafter import EagleDrafter, build_drafter
+from .evaluation import evaluate_drafter, write_eval_report
+from .modeling.drafter_base import DrafterBase
 from .modeling.vocab import target_token_counts, top_tokens
 from .utils.io import atomic_write_text
 
@@ -31,9 +32,12 @@ class DrafterTrainer(Trainer):
     """Trainer whose loss is the algorithm's, whose logs carry the loss parts, and whose checkpoints
     are our drafter format (safetensors + JSON, no pickled training args)."""
 
-    def __init__(self, *args, loss_fn, algorithm_cfg, base: FrozenBase | None = None, aux_layer_ids=(), **kwargs):
+    def __init__(self, *args, loss_fn, algorithm_cfg, base: FrozenBase | None = None, aux_layer_ids=(),
+                 eval_depth: int = 5, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.eval_depth = eval_depth
+        self.eval_history: list[dict] = []
         self.algorithm_cfg = algorithm_cfg
         self.base = base  # online mode: batches without "hidden" get the base's features on the fly
         self.aux_layer_ids = list(aux_layer_ids)
@@ -52,6 +56,22 @@ class DrafterTrainer(Trainer):
             self._metric_sums[k] += float(v)
         self._metric_count += 1
         return (loss, metrics) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Loss, per-step accuracy and simulated τ on the held-out split; logged, and written to eval.json/png."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None or len(dataset) == 0:
+            return {}
+        if self.eval_history and self.eval_history[-1]["step"] == self.state.global_step:
+            return {k: v for k, v in self.eval_history[-1].items() if k != "step"}  # already evaluated here
+        loader = self.get_eval_dataloader(dataset)
+        metrics = evaluate_drafter(self.accelerator.unwrap_model(self.model), loader, self.loss_fn,
+                                   self.algorithm_cfg, self.eval_depth, self.base, self.aux_layer_ids)
+        self.eval_history.append({"step": self.state.global_step, **metrics})
+        self.log(metrics)
+        if self.args.should_save:
+            write_eval_report(self.eval_history, Path(self.args.output_dir), self.eval_depth)
+        return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metric_count and "loss" in logs:
@@ -79,11 +99,13 @@ def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
         save_only_model=False, logging_first_step=True,
+        eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
     )
 
 
-def make_drafter(cfg: RunConfig, base, dataset=None) -> EagleDrafter:
-    """The drafter the modeling section describes; a reduced draft vocabulary is counted from `dataset`."""
+def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> DrafterBase:
+    """The drafter the algorithm and modeling sections describe; a reduced draft vocabulary is counted from `dataset`."""
     m = cfg.modeling
     for key, value in (("embedding", m.embedding), ("lm_head", m.lm_head)):
         if value not in ("shared", "own"):
@@ -98,9 +120,24 @@ def make_drafter(cfg: RunConfig, base, dataset=None) -> EagleDrafter:
         draft_vocab = used
     meta = {"algorithm": cfg.algorithm.name, "base_model_name_or_path": cfg.base.model_name_or_path}
     torch.manual_seed(cfg.training.seed)
-    return build_drafter(base, m.draft_layers, m.draft_config_overrides, meta=meta, family=m.draft_family,
-                         hidden_size=m.draft_hidden_size, own_embedding=m.embedding == "own",
-                         own_lm_head=m.lm_head == "own", draft_vocab=draft_vocab)
+    return get_algorithm(cfg.algorithm.name).build(base, m, feature_layers, meta, draft_vocab)
+
+
+def feature_layers_for(cfg: RunConfig, base: FrozenBase):
+    """The base blocks the algorithm's drafter reads (None = last hidden state), checked against the base."""
+    layers = get_algorithm(cfg.algorithm.name).feature_layers(base.num_layers, cfg.data.aux_layer_ids)
+    return None if layers is None else base.check_layer_ids(layers, "data.aux_layer_ids")
+
+
+def split_eval(dataset, fraction: float):
+    """The last `fraction` of the samples are held out for evaluation (deterministic, so resumes agree)."""
+    if fraction <= 0:
+        return dataset, None
+    if not 0 < fraction < 1:
+        raise ConfigError(f"training.eval_fraction: expected 0 <= x < 1, got {fraction}")
+    n_eval = max(1, int(len(dataset) * fraction))
+    idx = list(range(len(dataset)))
+    return torch.utils.data.Subset(dataset, idx[:-n_eval]), torch.utils.data.Subset(dataset, idx[-n_eval:])
 
 
 def training_dataset(cfg: RunConfig, base: FrozenBase):
@@ -123,22 +160,35 @@ def training_dataset(cfg: RunConfig, base: FrozenBase):
 
 
 def run(cfg: RunConfig, presets: list[str]) -> Path:
-    loss_fn = get_loss(cfg.algorithm.name)
+    loss_fn = get_algorithm(cfg.algorithm.name).loss
     base = load_base(cfg.base)
+    layers = feature_layers_for(cfg, base)
     dataset = training_dataset(cfg, base)
-    drafter = make_drafter(cfg, base, dataset)
+    have = dataset.manifest.get("aux_layer_ids") if hasattr(dataset, "manifest") else None
+    if layers and cfg.data.mode == "offline" and list(have or []) != layers:
+        raise ConfigError(f"{cfg.data.dataset_dir}: the dataset holds base layers {have or []} but the "
+                          f"{cfg.algorithm.name} drafter reads layers {layers}; rerun data_gen with the same "
+                          "--@preset (or set data.aux_layer_ids to match)")
+    drafter = make_drafter(cfg, base, dataset, layers)
+    train_set, eval_set = split_eval(dataset, cfg.training.eval_fraction)
     out_dir = Path(cfg.training.output_dir)
     save_resolved_config(cfg, out_dir, "train", presets)
+    capture_ids = layers if layers else base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")
     trainer = DrafterTrainer(
-        model=drafter, args=training_arguments(cfg, use_cpu=base.device.type == "cpu"), train_dataset=dataset,
-        data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
-        aux_layer_ids=base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids"),
+        model=drafter, args=training_arguments(cfg, use_cpu=base.device.type == "cpu"), train_dataset=train_set,
+        eval_dataset=eval_set, data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
+        aux_layer_ids=capture_ids, eval_depth=cfg.training.eval_depth,
     )
     last_ckpt = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
     if last_ckpt:
         print(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")
     trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
     trainer.save_model(str(out_dir))
+    if eval_set is not None:
+        final = trainer.evaluate()
+        print(f"train: held-out simulated τ (chain depth {cfg.training.eval_depth}) {final['eval_tau_sim']:.2f}, "
+              f"acceptance per position " + " ".join(f"{final[f'eval_accept_d{i}']:.2f}"
+                                                      for i in range(1, cfg.training.eval_depth + 1)))
     history = [h for h in trainer.state.log_history if "loss" in h]
     atomic_write_text(out_dir / "train_log.json", json.dumps(trainer.state.log_history, indent=1))
     if history:

@@ -219,3 +219,30 @@ def test_heterogeneous_drafter_through_train_and_inference(dataset, tmp_path):
     cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 3, 3, 8
     report = inference.run(cfg, [])
     assert report["lossless"] and all(r["identical"] == 4 for r in report["strategies"])
+
+
+def test_eagle3_through_data_gen_train_eval_and_inference(tiny_base, tiny_conversations, tmp_path):
+    """--@eagle3: data_gen captures the default feature layers, train runs the TTT unroll with held-out
+    evaluation (eval.json / eval.png with the simulated τ), inference is lossless and reports the simulated τ."""
+    from specforge_het.config.cli import resolve_config
+
+    cfg, presets = resolve_config(["--@eagle3"])
+    base_cfg = make_cfg(tmp_path, tiny_base, tiny_conversations, training__max_steps=24,
+                        training__learning_rate=3e-3, training__eval_fraction=0.2, training__eval_steps=12,
+                        training__eval_depth=3, algorithm__ttt_length=3)
+    base_cfg.algorithm.name, base_cfg.modeling.lm_head = cfg.algorithm.name, cfg.modeling.lm_head
+    data_gen.run(base_cfg, presets)
+    manifest = json.loads((Path(base_cfg.data.dataset_dir) / "manifest.json").read_text())
+    assert manifest["aux_layer_ids"] == [0, 1, 1]  # 2-layer base: evenly spread default
+    train.run(base_cfg, presets)
+    out = Path(base_cfg.training.output_dir)
+    history = json.loads((out / "eval.json").read_text())
+    assert [h["step"] for h in history] == [12, 24] and (out / "eval.png").stat().st_size > 1000
+    assert all(1.0 <= h["eval_tau_sim"] <= 4.0 and "eval_acc_2" in h for h in history)
+    assert json.loads((out / "drafter_config.json").read_text())["architecture"] == "eagle3_drafter"
+    base_cfg.inference.prompts, base_cfg.inference.num_prompts = base_cfg.data.conversations, 4
+    base_cfg.inference.prompt_offset, base_cfg.inference.max_new_tokens = 30, 24
+    base_cfg.inference.depth, base_cfg.inference.top_k, base_cfg.inference.total_tokens = 3, 3, 8
+    report = inference.run(base_cfg, presets)
+    assert report["lossless"] and all(r["identical"] == 4 for r in report["strategies"])
+    assert 1.0 <= report["strategies"][0]["tau_simulated"] <= 4.0

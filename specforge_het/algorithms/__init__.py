@@ -1,24 +1,46 @@
-"""Algorithm registry: one module per algorithm, each registering a loss under its name."""
+"""Algorithm registry: one module per algorithm, each registering an `Algorithm` under its name.
+
+An algorithm says which base features its drafter reads, how to build the drafter, and its training loss.
+Adding an algorithm = adding one file here that calls `register` (and a preset under configs/ selecting it).
+"""
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from ..config.schema import ConfigError, closest
 
-_REGISTRY: dict[str, Callable] = {}
+
+@dataclass
+class Algorithm:
+    name: str
+    loss: Callable  # (drafter, batch, algorithm_cfg, training) → (loss, metrics)
+    build: Callable  # (base, modeling_cfg, feature_layers, meta, draft_vocab) → drafter
+    # (num_base_layers, configured aux ids) → base block ids the drafter reads; None = the last hidden state only.
+    feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
 
 
-def register(name: str):
-    def deco(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+_REGISTRY: dict[str, Algorithm] = {}
 
 
-def get_loss(name: str) -> Callable:
-    from . import eagle2  # noqa: F401  (registers itself)
+def register(algorithm: Algorithm) -> Algorithm:
+    _REGISTRY[algorithm.name] = algorithm
+    return algorithm
 
+
+def _load_all() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_algorithm(name: str) -> Algorithm:
+    _load_all()
     if name not in _REGISTRY:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; {closest(name, _REGISTRY)}")
     return _REGISTRY[name]
+
+
+def get_loss(name: str) -> Callable:
+    return get_algorithm(name).loss

@@ -11,14 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
+from . import Algorithm, register
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-@register("eagle2")
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
     ids, hidden, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     dtype = drafter.fc.weight.dtype
@@ -43,3 +42,15 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
         hit = (pred_logits.argmax(-1) == target_logits.argmax(-1)) & in_vocab
         acc = _masked_mean(hit.to(dtype), m)
     return loss, {"vloss": vloss.detach(), "ploss": ploss.detach(), "acc": acc}
+
+
+def build(base, modeling, feature_layers, meta, draft_vocab):
+    from ..modeling.drafter import build_drafter
+
+    return build_drafter(base, modeling.draft_layers, modeling.draft_config_overrides, meta=meta,
+                         family=modeling.draft_family, hidden_size=modeling.draft_hidden_size,
+                         own_embedding=modeling.embedding == "own", own_lm_head=modeling.lm_head == "own",
+                         draft_vocab=draft_vocab)
+
+
+register(Algorithm("eagle2", eagle2_loss, build))

@@ -37,6 +37,7 @@ class ModelingSection:
     embedding: str = "shared"  # shared (the base's, frozen) | own (trainable, at the draft width)
     lm_head: str = "shared"  # shared (the base's, frozen) | own (trainable; implied by draft_vocab_size)
     draft_vocab_size: Optional[int] = None  # top-N target tokens of the training data; None = the full vocabulary
+    draft_model_path: Optional[str] = None  # classic_draft: start from this small LM (same tokenizer) instead
     # Merged into the draft decoder's HF config last (e.g. {"intermediate_size": 512, "num_experts": 4}).
     draft_config_overrides: dict = field(default_factory=dict)
 
@@ -48,7 +49,10 @@ class AlgorithmSection:
     name: str = "eagle2"
     v_w: float = 1.0  # feature-regression weight
     p_w: float = 0.1  # soft cross-entropy weight
-    noise_std: float = 0.2  # uniform noise added to input features while training
+    noise_std: float = 0.2  # uniform noise added to input features while training (EAGLE-1/2)
+    ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
+    ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i
+    distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
 
 
 @dataclass
@@ -96,6 +100,10 @@ class TrainingSection:
     seed: int = 0
     report_to: str = "none"
     dataloader_num_workers: int = 0
+    # In-training evaluation on a held-out split: per-step accuracy and the simulated τ of chain drafting.
+    eval_fraction: float = 0.0  # share of the dataset held out (0 = no evaluation)
+    eval_steps: int = 100
+    eval_depth: int = 5  # chain depth of the simulated τ
 
 
 @dataclass

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..algorithms.unroll import simulated_acceptance, simulated_tau
 from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import prompt_ids, read_conversations
 from ..modeling.base import load_base
-from ..modeling.drafter import EagleDrafter
+from ..modeling.drafter_base import load_drafter
 from ..utils.io import atomic_write_json
 from .engine import Sampling, base_decode, hf_greedy, speculative_decode
 
@@ -72,6 +73,25 @@ def summarise(name: str, params: dict, runs: list, base_runs: list, identical: i
     }
 
 
+@torch.no_grad()
+def simulated_chain_tau(base, drafter, base_runs: list, prompts: list[list[int]], depth: int) -> float:
+    """The τ the in-training evaluation predicts for chain drafting of `depth`, computed on these prompts with the
+    base's own greedy outputs as data (teacher-forced unroll; algorithms/unroll.py)."""
+    accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
+    for run_, prompt in zip(base_runs, prompts):
+        ids = torch.tensor([run_.tokens], device=base.device)
+        last, aux = base.capture(ids, aux_layer_ids=drafter.feature_layers or ())
+        mask = torch.zeros_like(ids)
+        mask[:, len(prompt):] = 1
+        batch = {"input_ids": ids, "hidden": last.to(base.dtype), "loss_mask": mask}
+        if aux is not None:
+            batch["aux_hidden"] = aux
+        a, e = simulated_acceptance(drafter, batch, depth)
+        accepted += a
+        eligible += e
+    return simulated_tau(accepted, eligible)[0]
+
+
 def run(cfg: RunConfig, presets: list[str]) -> dict:
     inf = cfg.inference
     strategies = STRATEGIES if inf.strategy == "both" else (inf.strategy,)
@@ -84,7 +104,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         raise ConfigError(f"inference: {e}") from None
     check = inf.check_lossless and sampling.greedy
     base = load_base(cfg.base)
-    drafter = EagleDrafter.from_pretrained(inf.drafter_path, device=base.device, dtype=base.dtype)
+    drafter = load_drafter(inf.drafter_path, device=base.device, dtype=base.dtype)
     drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
     prompts = load_prompts(cfg, base.tokenizer)
     eos = eos_ids(base)
@@ -110,6 +130,8 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
         row = summarise(s, params, runs, base_runs, identical)
         row["base_loop_identical_to_generate"] = base_identical
+        if s == "chain" and sampling.greedy:  # the in-training estimate, on the same prompts, for comparison
+            row["tau_simulated"] = simulated_chain_tau(base, drafter, base_runs, prompts, params["depth"])
         report["strategies"].append(row)
         all_ok &= not check or (identical == len(prompts) == base_identical)
     report["lossless"] = all_ok if check else None
@@ -126,12 +148,13 @@ def print_report(report: dict) -> None:
     print(f"\nspeculative decoding ({mode}) on {report['prompts']} prompts, {report['max_new_tokens']} new tokens "
           f"max (base {report['base']}, drafter {report['drafter']})")
     print(f"{'strategy':<8} {'depth':>5} {'top_k':>5} {'nodes':>5} {'tau':>6} {'tok/s':>8} {'base tok/s':>10} "
-          f"{'speedup':>7} {'iter/step':>9} {'identical':>9}")
+          f"{'speedup':>7} {'iter/step':>9} {'identical':>9} {'sim tau':>7}")
     for r in report["strategies"]:
         ident = f"{r['identical']}/{r['prompts']}" if r["identical"] >= 0 else "skipped"
         print(f"{r['strategy']:<8} {r['depth']:>5} {r['top_k']:>5} {r['total_tokens']:>5} {r['tau']:>6.2f} "
               f"{r['tokens_per_s']:>8.1f} {r['base_tokens_per_s']:>10.1f} {r['speedup']:>6.2f}x "
-              f"{r['iteration_over_base_step']:>9.2f} {ident:>9}")
+              f"{r['iteration_over_base_step']:>9.2f} {ident:>9} "
+              + (f"{r['tau_simulated']:>7.2f}" if "tau_simulated" in r else f"{'-':>7}"))
     if report["lossless"] is not None:
         print(f"lossless check (token-identical to transformers greedy generate): "
               f"{'PASS' if report['lossless'] else 'FAIL'}")

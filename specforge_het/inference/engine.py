@@ -133,13 +133,14 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
     ids = torch.tensor([prompt], device=dev)
     base_cache = full_cache(base, len(prompt) + max_new_tokens + total_tokens + 1)
     draft_cache = full_cache()
-    hidden, logits = base.forward(ids, past_key_values=base_cache)
+    feature_layers = drafter.feature_layers
+    hidden, logits = base.forward(ids, past_key_values=base_cache, feature_layers=feature_layers)
     root = _next_token(logits[0, -1], sampling, gen)
     tokens = list(prompt) + [int(root)]
     # Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n-1.
     n = len(prompt)
     next_tokens = torch.cat([ids[0, 1:], root.view(1)])
-    feats = drafter(hidden, next_tokens[None], torch.arange(n, device=dev)[None], past_key_values=draft_cache)
+    feats = drafter.prefill(hidden, ids, next_tokens[None], torch.arange(n, device=dev)[None], draft_cache)
     last_feat = feats[0, -1]
     res = DecodeResult(tokens=tokens)
     while not _finished(tokens, len(prompt), max_new_tokens, eos):
@@ -152,7 +153,7 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
         mask = tree_attention_mask(anc, base_len, base.dtype)
         positions = (base_len + tree.depths)[None]
         hidden, logits = base.forward(tree.tokens[None], attention_mask=mask, position_ids=positions,
-                                      past_key_values=base_cache)
+                                      past_key_values=base_cache, feature_layers=feature_layers)
         if sampling.greedy:
             base_argmax = logits[0].argmax(-1)
             path = greedy_accept(tree, anc, base_argmax)

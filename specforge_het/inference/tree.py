@@ -54,7 +54,7 @@ def tree_attention_mask(anc: torch.Tensor, prefix_len: int, dtype: torch.dtype) 
 @torch.no_grad()
 def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, draft_cache, prefix_len: int,
                 root_position: int, depth: int, top_k: int, total_tokens: int) -> DraftTree:
-    """EAGLE-2 dynamic tree. root_feature [H] is the drafter output at the position before the root
+    """EAGLE-2 dynamic tree. root_feature is the drafter output at the position before the root
     (it predicts the root's children). Each level feeds the top_k best frontier nodes (by cumulative
     log-prob) through the drafter; the best `total_tokens` of all candidates form the tree.
     The drafter cache is extended by the fed nodes; the caller crops it back to prefix_len afterwards."""
@@ -86,7 +86,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
         mask = additive_mask(visible, frontier_feat.dtype)
         positions = torch.full((1, k_in), root_position + d - 1, dtype=torch.long, device=device)
         out = drafter(frontier_feat[None], torch.cat(pool_tokens)[frontier][None], positions,
-                      attention_mask=mask, past_key_values=draft_cache)[0]
+                      attention_mask=mask, past_key_values=draft_cache, from_base=False)[0]
         logp = drafter.logits(out).float().log_softmax(-1)  # [k_in, V]
         child_scores, child_tokens = logp.topk(top_k, dim=-1)
         child_tokens = drafter.draft_to_target(child_tokens)

@@ -8,6 +8,7 @@ the last feature is the decoder's output after the final norm, i.e. the lm_head 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,18 +124,39 @@ class FrozenBase:
         return self.model.get_output_embeddings()
 
     @torch.no_grad()
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
-        """One base forward → (last hidden state after the final norm, logits)."""
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=past_key_values is not None,
-            output_hidden_states=True,
-        )
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, feature_layers=None):
+        """One base forward → (features, logits). Features: the last hidden state after the final norm, or with
+        `feature_layers` the outputs of those decoder blocks concatenated on the feature axis (EAGLE-3)."""
+        with self._capturing(feature_layers or ()) as captured:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
+                output_hidden_states=not feature_layers,
+            )
+        if feature_layers:
+            return torch.cat([captured[k] for k in feature_layers], dim=-1), out.logits
         return out.hidden_states[-1], out.logits
 
+    @contextlib.contextmanager
+    def _capturing(self, layer_ids):
+        """Forward hooks on decoder blocks `layer_ids`, filling a dict block id → output while active."""
+        blocks, _ = decoder_parts(self.model)
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(k):
+            def fn(module, args, output):
+                captured[k] = output[0] if isinstance(output, tuple) else output
+            return fn
+
+        handles = [blocks[k].register_forward_hook(hook(k)) for k in sorted(set(layer_ids))]
+        try:
+            yield captured
+        finally:
+            for h in handles:
+                h.remove()
 
     @property
     def num_layers(self) -> int:
@@ -151,20 +173,8 @@ class FrozenBase:
     def capture(self, input_ids, attention_mask=None, aux_layer_ids=()):
         """Hidden states without the lm_head: (last hidden after the final norm [B,T,H],
         the outputs of decoder blocks `aux_layer_ids` concatenated on the feature axis [B,T,k*H] or None)."""
-        blocks, _ = decoder_parts(self.model)
-        captured: dict[int, torch.Tensor] = {}
-
-        def hook(k):
-            def fn(module, args, output):
-                captured[k] = output[0] if isinstance(output, tuple) else output
-            return fn
-
-        handles = [blocks[k].register_forward_hook(hook(k)) for k in sorted(set(aux_layer_ids))]
-        try:
+        with self._capturing(aux_layer_ids) as captured:
             out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
         aux = torch.cat([captured[k] for k in aux_layer_ids], dim=-1) if aux_layer_ids else None
         return out.last_hidden_state, aux
 

@@ -1,0 +1,41 @@
+"""Classic draft model: an independent small causal LM, fine-tuned on the data, optionally distilled from the base.
+
+    loss = (1 − α) · CE(next data token) + α · CE(softmax(base logits), log_softmax(draft logits))
+
+on assistant positions, α = algorithm.distill_alpha (0 = plain fine-tuning, 1 = pure distillation). The base is
+only read through its last-layer features (its logits = lm_head(features)), so offline datasets work unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..modeling.classic import build_classic_drafter
+from . import Algorithm, register
+
+
+def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    logits = drafter.token_logits(ids[:, :-1]).float()
+    m = mask[:, 1:].float()
+    denom = m.sum().clamp_min(1.0)
+    ce = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * m).sum() / denom
+    with torch.no_grad():
+        base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
+    kd = (-(base_logits.softmax(-1) * logits.log_softmax(-1)).sum(-1) * m).sum() / denom
+    a = alg.distill_alpha
+    loss = (1 - a) * ce + a * kd
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == base_logits.argmax(-1)).float() * m).sum() / denom
+    return loss, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
+
+
+def build(base, modeling, feature_layers, meta, draft_vocab):
+    if draft_vocab is not None:
+        from ..config.schema import ConfigError
+
+        raise ConfigError("classic_draft: a draft LM keeps the full vocabulary; unset modeling.draft_vocab_size")
+    return build_classic_drafter(base, modeling, meta)
+
+
+register(Algorithm("classic_draft", classic_draft_loss, build))

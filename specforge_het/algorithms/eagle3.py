@@ -1,0 +1,54 @@
+"""EAGLE-3 training objective: the training-time test (TTT).
+
+The drafter is unrolled `ttt_length` steps over each sequence (algorithms/unroll.py): step 0 reads the fused base
+features, step i the drafter's own step-(i−1) outputs, so training sees what inference feeds it. Step i at row t
+predicts the base's distribution for token x_{t+2+i} (softmax of the base's logits at row t+1+i, restricted to the
+draft vocabulary); loss = Σ_i decay**i · CE_i on assistant positions whose base top token is in the draft vocab.
+No feature regression. Attention in the unroll is linear in sequence length (modeling/ttt_attention.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
+from . import Algorithm, register
+from .unroll import drafter_features, shifted, unroll
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    rows = ids.shape[1] - 1
+    dtype = drafter.fc.weight.dtype
+    total = torch.zeros((), device=ids.device)
+    metrics = {}
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
+        target_logits, in_vocab = drafter.target_logits(shifted(last, 1 + i, rows))
+        target_p = target_logits.float().softmax(-1)
+        logits = drafter.logits(out).float()
+        m = shifted(mask, 1 + i, rows).to(dtype)
+        ploss = _masked_mean(-(target_p * logits.log_softmax(-1)).sum(-1), m * in_vocab.to(dtype))
+        total = total + alg.ttt_decay ** i * ploss
+        with torch.no_grad():
+            hit = (logits.argmax(-1) == target_logits.argmax(-1)) & in_vocab
+            metrics[f"acc_{i}"] = _masked_mean(hit.to(dtype), m)
+            metrics[f"ploss_{i}"] = ploss.detach()
+    metrics["acc"] = metrics["acc_0"]
+    return total, metrics
+
+
+def feature_layers(num_layers: int, configured: list) -> list:
+    return list(configured) if configured else default_feature_layers(num_layers)
+
+
+def build(base, modeling, layers, meta, draft_vocab):
+    return build_eagle3_drafter(base, layers, modeling.draft_config_overrides, meta=meta, family=modeling.draft_family,
+                                hidden_size=modeling.draft_hidden_size, own_embedding=modeling.embedding == "own",
+                                own_lm_head=modeling.lm_head != "shared" or draft_vocab is not None,
+                                draft_vocab=draft_vocab, draft_layers=modeling.draft_layers)
+
+
+register(Algorithm("eagle3", eagle3_loss, build, feature_layers))

@@ -1,0 +1,122 @@
+"""EAGLE-3 training-time-test memory and step time against sequence length, next to a naïve unroll.
+
+    python -m specforge_het.bench.ttt_memory [--lengths 512,1024,2048,4096] [--naive-max 2048] [--ttt 7]
+
+One fixed tiny EAGLE-3 drafter (Llama midlayer, width 256, 8 heads, 4096-token vocabulary, 3 fused base layers
+of width 256) runs one forward + backward of the TTT loss per length, each in a fresh subprocess so the peak
+resident memory (ru_maxrss) belongs to that step alone. "ours" is modeling/ttt_attention.py (SDPA causal + sink
+keys, no mask tensor); "naive" concatenates every step's keys and materialises the L × (i+1)·L mask and scores.
+The slope column is the peak-memory growth per doubling of L: ~2× means linear, ~4× quadratic.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+NAIVE = "specforge_ttt_naive"
+
+
+def naive_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, ttt_state=None, **kw):
+    """Reference unroll: all steps' keys concatenated, an explicit L × (i+1)·L mask, full score matrix."""
+    groups = query.shape[1] // key.shape[1]
+    steps = ttt_state.setdefault(module.layer_idx, [])
+    steps.append((key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)))
+    L = query.shape[2]
+    keys = torch.cat([k for k, _ in steps], 2)
+    values = torch.cat([v for _, v in steps], 2)
+    visible = torch.zeros(L, L * len(steps), dtype=torch.bool)
+    visible[:, :L] = torch.tril(torch.ones(L, L, dtype=torch.bool))
+    for j in range(1, len(steps)):
+        visible[:, j * L:(j + 1) * L] = torch.eye(L, dtype=torch.bool)
+    scores = (query @ keys.transpose(-1, -2)) * scaling
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(-1) @ values).transpose(1, 2).contiguous(), None
+
+
+def one_step(length: int, impl: str, ttt: int) -> dict:
+    from transformers import AttentionInterface, LlamaConfig
+
+    from ..algorithms import get_algorithm
+    from ..config.schema import AlgorithmSection
+    from ..modeling.eagle3 import Eagle3Drafter
+
+    AttentionInterface.register(NAIVE, naive_attention)
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    width, vocab = 256, 4096
+    cfg = LlamaConfig(hidden_size=width, intermediate_size=704, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=8192)
+    drafter = Eagle3Drafter(cfg, width, vocab, width, own_lm_head=True, feature_layers=[0, 1, 2])
+    if impl == "naive":
+        drafter.midlayer.self_attn.config._attn_implementation = NAIVE
+    embed, head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab, bias=False)
+    drafter.attach_base(embed.requires_grad_(False), head.requires_grad_(False))
+    def batch_of(n: int) -> dict:
+        return {"input_ids": torch.randint(0, vocab, (1, n)), "hidden": torch.randn(1, n, width),
+                "aux_hidden": torch.randn(1, n, 3 * width), "loss_mask": torch.ones(1, n, dtype=torch.long)}
+
+    loss_fn, alg = get_algorithm("eagle3").loss, AlgorithmSection(name="eagle3", ttt_length=ttt)
+    loss_fn(drafter, batch_of(32), alg)[0].backward()  # warm-up: first-call allocations and kernel selection
+    drafter.zero_grad(set_to_none=True)
+    batch = batch_of(length)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    loss, _ = loss_fn(drafter, batch, alg)
+    loss.backward()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"length": length, "impl": impl, "peak_mib": (peak - before) / 1024, "seconds": seconds}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--lengths", default="512,1024,2048,4096")
+    ap.add_argument("--naive-max", type=int, default=2048, help="longest length for the naive unroll (it is quadratic)")
+    ap.add_argument("--ttt", type=int, default=7)
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: length,impl for the subprocess
+    args = ap.parse_args(argv)
+    if args.one:
+        length, impl = args.one.split(",")
+        print(json.dumps(one_step(int(length), impl, args.ttt)))
+        return
+    rows = []
+    for impl in ("ours", "naive"):
+        for length in (int(x) for x in args.lengths.split(",")):
+            if impl == "naive" and length > args.naive_max:
+                continue
+            out = subprocess.run([sys.executable, "-m", "specforge_het.bench.ttt_memory", "--one", f"{length},{impl}",
+                                  "--ttt", str(args.ttt)], capture_output=True, text=True)
+            if out.returncode:
+                rows.append({"length": length, "impl": impl, "error": out.stderr.strip().splitlines()[-1]})
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  {impl:<5} L={length:<5} peak +{r['peak_mib']:8.1f} MiB  step {r['seconds']:6.2f} s", flush=True)
+    print(f"\nEAGLE-3 TTT ({args.ttt} steps) forward+backward, CPU, one sequence")
+    print(f"{'impl':<6} {'L':>5} {'peak MiB':>9} {'x per 2L':>8} {'step s':>7} {'x per 2L':>8}")
+    for impl in ("ours", "naive"):
+        prev = None
+        for r in (r for r in rows if r["impl"] == impl):
+            if "error" in r:
+                print(f"{impl:<6} {r['length']:>5} failed: {r['error']}")
+                continue
+            mem_ratio = f"{r['peak_mib'] / prev['peak_mib']:.2f}" if prev else "-"
+            time_ratio = f"{r['seconds'] / prev['seconds']:.2f}" if prev else "-"
+            print(f"{impl:<6} {r['length']:>5} {r['peak_mib']:>9.1f} {mem_ratio:>8} {r['seconds']:>7.2f} {time_ratio:>8}")
+            prev = r
+    both = {(r["impl"], r["length"]): r for r in rows if "error" not in r}
+    for length in sorted({r["length"] for r in rows}):
+        if ("ours", length) in both and ("naive", length) in both:
+            o, n = both[("ours", length)], both[("naive", length)]
+            print(f"L={length}: naive / ours peak memory {n['peak_mib'] / o['peak_mib']:.2f}x, "
+                  f"step time {n['seconds'] / o['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The EAGLE-3 drafter: fused multi-layer base features, one "midlayer", its own head, trained by unrolling.
+
+    g_t = fc(cat(f^{l1}_t, f^{l2}_t, f^{l3}_t))                    fc: k·H_base → H_draft, no bias
+    x   = cat(input_layernorm(embed(token_{t+1})), hidden_norm(g_t))   → the midlayer's attention (q/k/v take 2·H_draft)
+    o_t = midlayer(x) with the residual on g_t                       → logits = lm_head(norm(o_t)) over the draft vocab
+The next draft step feeds o_t in place of g_t (no fc): the drafter runs on its own outputs, which the training-time
+test (TTT) unroll teaches it to do. The midlayer is built from any decoder family's modules (attention, MLP or MoE,
+norms), with the attention's q/k/v projections widened to 2·H_draft; keys follow SGLang's `LlamaForCausalLMEagle3`
+(`midlayer.*`, `fc.weight`, `norm.weight`, `lm_head.weight`, `d2t`, `t2d`).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config.schema import ConfigError
+from .draft_config import draft_hf_config
+from .drafter_base import (DrafterBase, build_for_base, causal_mask, family_stack, register_architecture,
+                           rope_kwargs)
+
+
+def default_feature_layers(num_layers: int) -> list[int]:
+    """EAGLE-3's low / middle / high layers {1, N//2−1, N−4}; for bases under 8 layers, evenly spread ones."""
+    if num_layers >= 8:
+        return [1, num_layers // 2 - 1, num_layers - 4]
+    return [0, num_layers // 2, num_layers - 1]
+
+
+class Midlayer(nn.Module):
+    """One decoder layer of the draft family whose attention reads [embedding, hidden] (2·H) and adds to hidden."""
+
+    def __init__(self, family_layer: nn.Module, width: int):
+        super().__init__()
+        attn = family_layer.self_attn
+        for name in ("q_proj", "k_proj", "v_proj"):
+            proj = getattr(attn, name, None)
+            if not isinstance(proj, nn.Linear):
+                raise ConfigError(f"EAGLE-3 midlayer: {type(attn).__name__} has no separate {name}; choose a draft "
+                                  "family with q/k/v projections (llama, qwen2, qwen3, qwen3_moe, mistral, gemma…)")
+            setattr(attn, name, nn.Linear(2 * width, proj.out_features, bias=proj.bias is not None))
+        self.self_attn = attn
+        self.mlp = family_layer.mlp
+        self.input_layernorm = family_layer.input_layernorm
+        self.hidden_norm = copy.deepcopy(family_layer.input_layernorm)
+        self.post_attention_layernorm = family_layer.post_attention_layernorm
+
+    def forward(self, emb, hidden, position_embeddings, attention_mask, past_key_values, **kwargs):
+        x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
+        attn = self.self_attn(hidden_states=x, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                              past_key_values=past_key_values, **kwargs)[0]
+        hidden = hidden + attn
+        mlp = self.mlp(self.post_attention_layernorm(hidden))
+        return hidden + (mlp[0] if isinstance(mlp, tuple) else mlp)
+
+
+@register_architecture("eagle3_drafter")
+class Eagle3Drafter(DrafterBase):
+    EXTRA_KEYS = ("feature_layers",)
+
+    def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None,
+                 base_embed_dim: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = True,
+                 draft_vocab_size: Optional[int] = None, meta: Optional[dict] = None,
+                 feature_layers: Optional[list] = None):
+        width = hf_config.hidden_size
+        if hf_config.num_hidden_layers != 1:
+            raise ConfigError(f"EAGLE-3 drafters have one midlayer; got modeling.draft_layers = "
+                              f"{hf_config.num_hidden_layers}")
+        if not feature_layers:
+            raise ConfigError("EAGLE-3 drafter needs its base feature layer ids (data.aux_layer_ids)")
+        if not own_embedding and (base_embed_dim or base_hidden_size) != width:
+            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base embedding width {base_embed_dim or base_hidden_size}"
+                              " needs its own embedding: set modeling.embedding: own")
+        if not own_lm_head and width != base_hidden_size:
+            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base width {base_hidden_size} needs its own lm_head: "
+                              "set modeling.lm_head: own")
+        super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
+                         draft_vocab_size, meta, head_in_features=width, embed_dim=width)
+        self.feature_layers = list(feature_layers)
+        self.fc = nn.Linear(len(self.feature_layers) * base_hidden_size, width, bias=False)
+        skeleton = family_stack(hf_config)
+        self.midlayer = Midlayer(skeleton.layers[0], width)
+        self.norm = skeleton.norm
+        self.rotary_emb = skeleton.rotary_emb
+        self._rope_kwargs = rope_kwargs(self.rotary_emb)
+
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: Optional[torch.Tensor] = None, past_key_values=None, from_base: bool = True,
+                ttt_state: Optional[dict] = None) -> torch.Tensor:
+        """hidden: the base's fused features [B,T,k·H_base] (from_base) or this drafter's previous outputs
+        [B,T,H_draft]; input_ids [B,T] tokens t_{i+1} → outputs o [B,T,H_draft] (pre-norm, fed to the next step)."""
+        dtype = self.fc.weight.dtype
+        g = self.fc(hidden.to(dtype)) if from_base else hidden.to(dtype)
+        emb = self.embed_ids(input_ids).to(dtype)
+        if attention_mask is None and past_key_values is not None:
+            attention_mask = causal_mask(g.shape[1], g.dtype, g.device, past_key_values.get_seq_length())
+        pos_emb = self.rotary_emb(g, position_ids, **self._rope_kwargs)
+        extra = {"ttt_state": ttt_state} if ttt_state is not None else {}
+        return self.midlayer(emb, g, pos_emb, attention_mask, past_key_values,
+                             use_cache=past_key_values is not None, position_ids=position_ids, **extra)
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        head = self.lm_head if self.own_lm_head else self.base_lm_head
+        return head(self.norm(outputs).to(head.weight.dtype))
+
+
+def build_eagle3_drafter(base, feature_layers: list[int], overrides: Optional[dict] = None, meta: Optional[dict] = None,
+                         family: Optional[str] = None, hidden_size: Optional[int] = None, own_embedding: bool = False,
+                         own_lm_head: bool = True, draft_vocab: Optional[torch.Tensor] = None,
+                         draft_layers: int = 1) -> Eagle3Drafter:
+    cfg = draft_hf_config(base.config, draft_layers, family, hidden_size, overrides)
+    return build_for_base(Eagle3Drafter, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,
+                          feature_layers=base.check_layer_ids(feature_layers, "data.aux_layer_ids"))
