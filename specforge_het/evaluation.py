@@ -26,7 +26,7 @@ def evaluate_drafter(drafter, batches, loss_fn, algorithm_cfg, depth: int, base=
             batch["hidden"], aux = base.capture(batch["input_ids"], batch.get("attention_mask"), aux_layer_ids)
             if aux is not None:
                 batch["aux_hidden"] = aux
-        batch = {k: v.to(drafter.fc.weight.device) for k, v in batch.items()}
+        batch = {k: v.to(next(drafter.parameters()).device) for k, v in batch.items()}
         loss, metrics = loss_fn(drafter, batch, algorithm_cfg, training=False)
         sums["loss"] += float(loss)
         for k, v in metrics.items():

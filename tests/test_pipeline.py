@@ -246,3 +246,19 @@ def test_eagle3_through_data_gen_train_eval_and_inference(tiny_base, tiny_conver
     report = inference.run(base_cfg, presets)
     assert report["lossless"] and all(r["identical"] == 4 for r in report["strategies"])
     assert 1.0 <= report["strategies"][0]["tau_simulated"] <= 4.0
+
+
+def test_classic_draft_through_train_with_eval_and_inference(dataset, tmp_path):
+    cfg = make_cfg(tmp_path, dataset.base.model_name_or_path, dataset.data.conversations,
+                   data__dataset_dir=dataset.data.dataset_dir, algorithm__name="classic_draft",
+                   modeling__draft_hidden_size=32, modeling__draft_layers=2, training__max_steps=20,
+                   training__learning_rate=3e-3, training__eval_fraction=0.2, training__eval_steps=10,
+                   training__eval_depth=3)
+    train.run(cfg, [])
+    out = Path(cfg.training.output_dir)
+    assert json.loads((out / "drafter_config.json").read_text())["architecture"] == "classic_drafter"
+    assert [h["step"] for h in json.loads((out / "eval.json").read_text())] == [10, 20]
+    cfg.inference.prompts, cfg.inference.num_prompts, cfg.inference.prompt_offset = cfg.data.conversations, 3, 30
+    cfg.inference.max_new_tokens, cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 20, 3, 3, 8
+    report = inference.run(cfg, [])
+    assert report["lossless"] and all(r["identical"] == 3 for r in report["strategies"])
