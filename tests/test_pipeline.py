@@ -179,8 +179,11 @@ def test_export_refuses_unknown_and_planned_formats(trained):
     cfg.export.to = "sglangg"
     with pytest.raises(ConfigError, match="sglang"):
         export.run(cfg, [])
-    cfg.export.to = "vllm"
+    cfg.export.to = "hf"
     with pytest.raises(ConfigError, match="not implemented"):
+        export.run(cfg, [])
+    cfg.export.to = "vllm"  # the speculators format is EAGLE-3 only
+    with pytest.raises(ConfigError, match="eagle3"):
         export.run(cfg, [])
     cfg.export.to = "specforge_het"
 

@@ -134,6 +134,11 @@ class ExportSection:
     to: str = "specforge_het"
     out: str = "output/demo/export"
     dtype: Optional[str] = None  # None keeps the checkpoint's dtype
+    base_model: Optional[str] = None  # for the launch command; None = the drafter's training base
+    feature_layers: Optional[list] = None  # importing an EAGLE-3 checkpoint without eagle_config: its base layers
+    num_steps: int = 5  # launch command: --speculative-num-steps
+    topk: int = 8  # launch command: --speculative-eagle-topk
+    num_draft_tokens: int = 32  # launch command: --speculative-num-draft-tokens
 
 
 @dataclass

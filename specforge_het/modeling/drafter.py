@@ -26,9 +26,12 @@ __all__ = ["EagleDrafter", "build_drafter", "causal_mask"]
 
 @register_architecture("eagle_drafter")
 class EagleDrafter(DrafterBase):
+    EXTRA_KEYS = ("first_layer_input_norm",)
+
     def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None,
                  base_embed_dim: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
-                 draft_vocab_size: Optional[int] = None, meta: Optional[dict] = None):
+                 draft_vocab_size: Optional[int] = None, meta: Optional[dict] = None,
+                 first_layer_input_norm: bool = True):
         width = hf_config.hidden_size
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=base_hidden_size, embed_dim=width)
@@ -36,6 +39,11 @@ class EagleDrafter(DrafterBase):
         self.fc = nn.Linear(emb_dim + base_hidden_size, width, bias=True)
         skeleton = family_stack(hf_config)
         self.layers = skeleton.layers
+        # The official EAGLE-1/2 layout (and SGLang's LlamaForCausalLMEagle) has no input norm on layer 0: the fc
+        # output enters attention as is. New drafters follow it; checkpoints saved before the flag keep their norm.
+        self.first_layer_input_norm = first_layer_input_norm
+        if not first_layer_input_norm:
+            self.layers[0].input_layernorm = nn.Identity()
         self.rotary_emb = skeleton.rotary_emb
         self._rope_kwargs = rope_kwargs(self.rotary_emb)
         self.out_proj = nn.Linear(width, base_hidden_size, bias=False) if width != base_hidden_size else None
@@ -72,4 +80,5 @@ def build_drafter(base, draft_layers: int = 1, overrides: Optional[dict] = None,
                   own_lm_head: bool = False, draft_vocab: Optional[torch.Tensor] = None) -> EagleDrafter:
     """A fresh EAGLE-1/2 drafter for a FrozenBase (see `build_for_base`)."""
     cfg = draft_hf_config(base.config, draft_layers, family, hidden_size, overrides)
-    return build_for_base(EagleDrafter, base, cfg, meta, own_embedding, own_lm_head, draft_vocab)
+    return build_for_base(EagleDrafter, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,
+                          first_layer_input_norm=False)

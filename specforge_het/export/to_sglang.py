@@ -1,0 +1,133 @@
+"""Export to SGLang's draft formats (0.5.x), which SGLang serves unmodified.
+
+EAGLE-3 → `LlamaForCausalLMEagle3`: `midlayer.*` (q/k/v in_features 2·H), `fc.weight` [H, k·H_target], `norm.weight`,
+`lm_head.weight` [draft_vocab, H], `d2t`, `t2d`, and `embed_tokens.weight` when the drafter owns one;
+config with `draft_vocab_size`, `target_hidden_size`, `eagle_config.eagle_aux_hidden_state_layer_ids`.
+EAGLE-1/2 → `LlamaForCausalLMEagle` / `Qwen2ForCausalLMEagle` / `MistralForCausalLMEagle`: `fc.weight`, `fc.bias`,
+`layers.N.*` with no input norm on layer 0; lm_head and embeddings come from the target.
+
+Only drafts SGLang computes identically are written; anything else is refused with what SGLang lacks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from ..config.schema import ConfigError
+from ..modeling.draft_config import head_dim_of
+from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+
+EAGLE1_ARCH = {"llama": "LlamaForCausalLMEagle", "qwen2": "Qwen2ForCausalLMEagle", "mistral": "MistralForCausalLMEagle"}
+EAGLE3_FAMILIES = ("llama", "mistral")  # SGLang's EAGLE-3 midlayer is a Llama layer (no q/k norms, no qkv bias)
+
+
+def _llama_fields(cfg) -> dict:
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    out = {
+        "model_type": "llama", "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": head_dim_of(cfg), "hidden_act": cfg.hidden_act, "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings, "num_hidden_layers": cfg.num_hidden_layers,
+        "rope_theta": rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)), "tie_word_embeddings": False,
+        "attention_bias": bool(getattr(cfg, "attention_bias", False)), "mlp_bias": bool(getattr(cfg, "mlp_bias", False)),
+    }
+    if rope.get("rope_type", "default") != "default":
+        out["rope_scaling"] = dict(rope)
+    return out
+
+
+def _state(drafter, dtype: Optional[torch.dtype]) -> dict:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+            for k, v in drafter.state_dict().items() if "rotary_emb." not in k}
+
+
+def eagle3_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict, dict]:
+    cfg = drafter.hf_config
+    if cfg.model_type not in EAGLE3_FAMILIES:
+        raise ConfigError(f"SGLang's LlamaForCausalLMEagle3 has a Llama midlayer; this draft is a {cfg.model_type} "
+                          f"layer ({'q/k norms' if cfg.model_type.startswith('qwen3') else 'other layer math'}) that it "
+                          "cannot compute — retrain with modeling.draft_family llama, or export to specforge_het")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ConfigError("SGLang's EAGLE-3 midlayer has no q/k/v or MLP biases; this draft has them")
+    width = cfg.hidden_size
+    if width == 3 * drafter.base_hidden_size and width != drafter.base_hidden_size:
+        raise ConfigError(f"draft width {width} = 3 × target width: SGLang would skip the fc (it tests widths); "
+                          "choose another draft width")
+    state = _state(drafter, dtype)
+    weights = {}
+    for k, v in state.items():
+        if k == "embed.weight":
+            weights["embed_tokens.weight"] = v
+        elif k.startswith(("midlayer.", "fc.", "norm.", "lm_head.")) or k in ("d2t", "t2d"):
+            weights[k] = v
+        else:
+            raise ConfigError(f"EAGLE-3 export: unexpected drafter weight {k!r}")
+    if drafter.own_lm_head and not drafter.reduced_vocab:  # SGLang needs the maps whenever it has a draft vocab
+        weights["d2t"] = torch.zeros(drafter.draft_vocab_size, dtype=torch.long)
+        weights["t2d"] = torch.ones(drafter.base_vocab_size, dtype=torch.bool)
+    config = {
+        "architectures": ["LlamaForCausalLMEagle3"], **_llama_fields(cfg), "vocab_size": drafter.base_vocab_size,
+        # null = SGLang takes lm_head (and embeddings) from the target: only right for a shared head at the same width.
+        "draft_vocab_size": drafter.draft_vocab_size if drafter.own_lm_head else None,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(drafter.feature_layers)},
+        "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
+    }
+    if width != drafter.base_hidden_size:
+        config["target_hidden_size"] = drafter.base_hidden_size
+        if not drafter.own_embedding or not drafter.own_lm_head:
+            raise ConfigError("an EAGLE-3 draft of another width needs its own embedding and lm_head for SGLang")
+    return config, weights
+
+
+def eagle_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict, dict]:
+    cfg = drafter.hf_config
+    if cfg.model_type not in EAGLE1_ARCH:
+        raise ConfigError(f"SGLang serves EAGLE-1/2 drafts of families {', '.join(EAGLE1_ARCH)}; this draft is "
+                          f"{cfg.model_type} — retrain with one of them, or export to specforge_het")
+    if drafter.hf_config.hidden_size != drafter.base_hidden_size or drafter.out_proj is not None:
+        raise ConfigError("SGLang's EAGLE-1/2 drafts have the target's width; this draft's width differs "
+                          f"({drafter.hf_config.hidden_size} vs {drafter.base_hidden_size}) — use EAGLE-3 for that")
+    if drafter.own_lm_head or drafter.own_embedding:
+        raise ConfigError("SGLang's EAGLE-1/2 drafts take lm_head and embeddings from the target; this draft has "
+                          "its own (modeling.lm_head / modeling.embedding own) — use EAGLE-3 for that")
+    if drafter.first_layer_input_norm:
+        raise ConfigError("this EAGLE-1/2 draft normalises layer 0's input, which SGLang's layout does not have "
+                          "(it was trained before the official layout became the default); retrain it")
+    weights = _state(drafter, dtype)
+    config = {**cfg.to_dict(), "architectures": [EAGLE1_ARCH[cfg.model_type]], "vocab_size": drafter.base_vocab_size,
+              "tie_word_embeddings": False}
+    config.pop("_attn_implementation_autoset", None)
+    return config, weights
+
+
+def launch_readme(config: dict, base: str, draft_dir: Path, steps: int, topk: int, tokens: int) -> str:
+    eagle3 = config["architectures"][0].endswith("Eagle3")
+    algo = "EAGLE3" if eagle3 else "EAGLE"
+    return f"""# Draft model for SGLang ({config['architectures'][0]})
+
+Exported by specforge_het. Serve it next to its base model with:
+
+```bash
+python -m sglang.launch_server --model-path {base} \\
+  --speculative-algorithm {algo} --speculative-draft-model-path {draft_dir} \\
+  --speculative-num-steps {steps} --speculative-eagle-topk {topk} --speculative-num-draft-tokens {tokens}
+```
+
+`--speculative-algorithm {algo}` must match the format: serving {'an EAGLE-3' if eagle3 else 'an EAGLE-1/2'} draft with
+`{'EAGLE' if eagle3 else 'EAGLE3'}` silently accepts nothing (τ = 1.0).
+"""
+
+
+def export_sglang(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int, topk: int,
+                  tokens: int) -> Path:
+    from ..modeling.eagle3 import Eagle3Drafter
+
+    config, weights = (eagle3_to_sglang if isinstance(drafter, Eagle3Drafter) else eagle_to_sglang)(drafter, dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    atomic_write_json(out / "config.json", config)
+    atomic_write_text(out / "README.md", launch_readme(config, base, out, steps, topk, tokens))
+    return out
