@@ -127,6 +127,17 @@ class InferenceSection:
 
 
 @dataclass
+class ServeSection:
+    """The OpenAI-compatible HTTP server (python -m specforge_het.inference.server)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: Optional[str] = None  # the id /v1/models reports; None = the drafter folder's name
+    max_tokens_limit: int = 2048  # requests asking for more get a 400
+    default_max_tokens: int = 256
+
+
+@dataclass
 class ExportSection:
     """Checkpoint conversion."""
 
@@ -172,6 +183,7 @@ SECTIONS: dict[str, type] = {
     "training": TrainingSection,
     "inference": InferenceSection,
     "export": ExportSection,
+    "serve": ServeSection,
     "demo": DemoSection,
 }
 
@@ -185,6 +197,7 @@ class RunConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     export: ExportSection = field(default_factory=ExportSection)
+    serve: ServeSection = field(default_factory=ServeSection)
     demo: DemoSection = field(default_factory=DemoSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -125,8 +125,11 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
 
 @torch.no_grad()
 def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
-                       depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling()) -> DecodeResult:
-    """Greedy: token-identical to `base_decode`. Sampling: recursive rejection sampling, distributed exactly as it."""
+                       depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
+                       on_tokens=None) -> DecodeResult:
+    """Greedy: token-identical to `base_decode`. Sampling: recursive rejection sampling, distributed exactly as it.
+    on_tokens(new_tokens): called after the prefill and after every verify step with all new tokens so far
+    (truncated at max_new_tokens / EOS), for streaming."""
     t0 = time.perf_counter()
     dev = base.device
     gen = sampling.generator(dev)
@@ -143,6 +146,8 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
     feats = drafter.prefill(hidden, ids, next_tokens[None], torch.arange(n, device=dev)[None], draft_cache)
     last_feat = feats[0, -1]
     res = DecodeResult(tokens=tokens)
+    if on_tokens is not None:
+        on_tokens(truncate(tokens[n:], max_new_tokens, eos))
     while not _finished(tokens, len(prompt), max_new_tokens, eos):
         ti = time.perf_counter()
         base_len = base_cache.get_seq_length()  # = position of the root
@@ -172,6 +177,8 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
         res.steps += 1
         res.accepted.append(path.numel() - 1)
         res.iteration_seconds.append(time.perf_counter() - ti)
+        if on_tokens is not None:
+            on_tokens(truncate(tokens[n:], max_new_tokens, eos))
     return _close(res, tokens, prompt, max_new_tokens, eos, t0)
 
 
