@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from ..config.schema import ConfigError
 from ..modeling.draft_config import hf_config_from_dict
+from ..modeling.drafter_base import load_checked_state
 
 
 def read_weights(path: Path) -> dict:
@@ -30,18 +31,6 @@ def read_weights(path: Path) -> dict:
                 raise ConfigError(f"{path / name}: not a weights-only checkpoint ({type(e).__name__}: {e})") from None
             return state.get("state_dict", state) if isinstance(state, dict) else state
     raise ConfigError(f"{path}: no model.safetensors or pytorch_model.bin")
-
-
-def _load_into(model, state: dict, where: Path):
-    own = {k: v for k, v in model.state_dict().items() if "rotary_emb." not in k}
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
-    if missing or unexpected:
-        raise ConfigError(f"{where}: missing keys {sorted(missing)[:6]}, unexpected keys {sorted(unexpected)[:6]}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ConfigError(f"{where}: key {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=False)
-    return model
 
 
 def load_official(path: str | Path, feature_layers: Optional[list] = None):
@@ -78,11 +67,11 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
                               own_lm_head="lm_head.weight" in state,
                               draft_vocab_size=state["lm_head.weight"].shape[0] if reduced else None, meta=meta,
                               feature_layers=list(layers))
-        return _load_into(model, state, path)
+        return load_checked_state(model, state, path)
     n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
     hf = hf_config_from_dict({**cfg, "num_hidden_layers": n_layers})
     state.pop("embed_tokens.weight", None)
     state.pop("lm_head.weight", None)
     model = EagleDrafter(hf, cfg["hidden_size"], cfg["vocab_size"], cfg["hidden_size"], meta=meta,
                          first_layer_input_norm="layers.0.input_layernorm.weight" in state)
-    return _load_into(model, state, path)
+    return load_checked_state(model, state, path)

@@ -271,13 +271,18 @@ def load_drafter(path: str | Path, device="cpu", dtype: Optional[torch.dtype] = 
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise ConfigError(f"no drafter weights at {weights}")
-    state = load_file(str(weights))
+    model = load_checked_state(model, load_file(str(weights)), weights)
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def load_checked_state(model: DrafterBase, state: dict, where) -> DrafterBase:
+    """Load `state` into `model` after checking every key is expected and present, with the expected shape."""
     own = {k: v for k, v in model.state_dict().items() if "rotary_emb." not in k}
     missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
     if missing or unexpected:
-        raise ConfigError(f"{weights}: missing keys {sorted(missing)[:5]}, unexpected keys {sorted(unexpected)[:5]}")
+        raise ConfigError(f"{where}: missing keys {sorted(missing)[:6]}, unexpected keys {sorted(unexpected)[:6]}")
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise ConfigError(f"{weights}: key {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            raise ConfigError(f"{where}: key {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
     model.load_state_dict(state, strict=False)
-    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model
