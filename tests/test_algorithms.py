@@ -38,13 +38,18 @@ def fit(drafter, data, alg, steps=20):
     """A few AdamW steps on the algorithm's loss → (eval loss before, eval loss after, last training metrics)."""
     loss_fn = get_algorithm(alg.name).loss
     opt = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
-    start = sum(float(loss_fn(drafter, b, alg, training=False)[0]) for b in data)
+
+    def evaluate():
+        with torch.no_grad():
+            return sum(float(loss_fn(drafter, b, alg, training=False)[0]) for b in data)
+
+    start = evaluate()
     for i in range(steps):
         loss, metrics = loss_fn(drafter, data[i % len(data)], alg)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return start, sum(float(loss_fn(drafter, b, alg, training=False)[0]) for b in data), metrics
+    return start, evaluate(), metrics
 
 
 @pytest.fixture(scope="module")
