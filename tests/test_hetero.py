@@ -97,7 +97,8 @@ def assert_lossless(base, drafter, prompts=PROMPTS, new=14):
     for p in prompts:
         ref = base_decode(base, p, new, EOS).tokens
         assert ref == hf_greedy(base, p, new, EOS)
-        for params in (dict(depth=4, top_k=1, total_tokens=4), dict(depth=3, top_k=3, total_tokens=10)):
+        for params in (dict(depth=4, top_k=1, total_tokens=4), dict(depth=3, top_k=3, total_tokens=10),
+                       dict(depth=4, top_k=3, total_tokens=16, best_first=True)):
             out = speculative_decode(base, drafter, p, new, EOS, **params)
             assert out.tokens == ref, params
 

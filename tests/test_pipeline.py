@@ -146,7 +146,7 @@ def test_training_reduces_loss_and_saves_our_format(trained):
     assert not any("embed" in k or "lm_head" in k for k in keys)
 
 
-@pytest.mark.parametrize("strategy", ["chain", "tree"])
+@pytest.mark.parametrize("strategy", ["chain", "tree", "budget"])
 def test_speculative_greedy_is_lossless(trained, strategy):
     cfg = trained
     cfg.inference.strategy = strategy
@@ -155,6 +155,7 @@ def test_speculative_greedy_is_lossless(trained, strategy):
     cfg.inference.prompt_offset = 30
     cfg.inference.max_new_tokens = 40
     cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 4, 4, 12
+    cfg.inference.budget, cfg.inference.budget_rounds = 24, 5
     report = inference.run(cfg, [])
     row = report["strategies"][0]
     assert report["lossless"] and row["identical"] == 6

@@ -51,3 +51,44 @@ def test_chain_is_a_tree():
     anc = ancestor_matrix(chain.parents, chain.depths)
     assert torch.equal(anc, torch.tril(torch.ones(4, 4, dtype=torch.bool)))
     assert greedy_accept(chain, anc, torch.tensor([6, 7, 1, 1])).tolist() == [0, 1, 2]
+
+
+def test_budget_tree_is_best_first_and_ancestor_closed():
+    """With best_first the pool's best open nodes are expanded at any depth; the kept nodes are the budget best by
+    cumulative log-prob, every parent kept before its children."""
+    import torch.nn as nn
+    from transformers import DynamicCache
+
+    from specforge_het.inference.tree import expand_tree
+
+    class Skewed(nn.Module):
+        """Token 5 always gets 0.9 of the mass: the best-first tree should follow it deep."""
+        feature_layers, token_only = None, False
+
+        def forward(self, hidden, ids, pos, attention_mask=None, past_key_values=None, from_base=True):
+            return hidden
+
+        def logits(self, feats):
+            logits = torch.full((*feats.shape[:-1], 16), -10.0)
+            logits[..., 5] = 0.0
+            logits[..., 6] = -2.2
+            logits[..., 7] = -2.3
+            return logits
+
+        def draft_to_target(self, ids):
+            return ids
+
+    d = Skewed()
+    kw = dict(root_token=torch.tensor(1), root_feature=torch.zeros(4), draft_cache=DynamicCache(), prefix_len=0,
+              root_position=3, depth=6, top_k=3, total_tokens=12)
+    tree = expand_tree(d, **kw, best_first=True)
+    level = expand_tree(d, **kw)
+    assert tree.size == level.size == 13
+    assert bool((tree.parents[1:] < torch.arange(1, 13)).all())  # parents precede children
+    # The all-5 spine (cumulative p 0.9^d) is kept down to the last round's depth.
+    assert int(tree.depths.max()) == 6
+    node, spine = int((tree.depths == 6).nonzero()[0]), []
+    while node > 0:
+        spine.append(int(tree.tokens[node]))
+        node = int(tree.parents[node])
+    assert spine == [5] * 6

@@ -112,10 +112,12 @@ class InferenceSection:
 
     drafter_path: str = "output/demo/drafter"
     output_dir: str = "output/demo/inference"
-    strategy: str = "both"  # chain | tree | both
+    strategy: str = "both"  # chain | tree | budget | both (chain + tree) | all
     depth: int = 5  # chain length, or tree depth
     top_k: int = 8  # tree: children expanded per node
     total_tokens: int = 32  # tree: draft nodes verified per step
+    budget: int = 64  # budget strategy (SpecExec-style best-first tree): draft nodes verified per step, 16…1024
+    budget_rounds: int = 8  # budget strategy: drafter calls per step (each expands the top_k best open nodes)
     max_new_tokens: int = 96
     prompts: Optional[str] = None  # JSONL of conversations / MT-bench questions; None = data.conversations
     num_prompts: int = 8

@@ -26,13 +26,16 @@ from ..modeling.drafter_base import load_drafter
 from ..utils.io import atomic_write_json
 from .engine import Sampling, base_decode, hf_greedy, speculative_decode
 
-STRATEGIES = ("chain", "tree")
+STRATEGIES = ("chain", "tree", "budget")
+GROUPS = {"both": ("chain", "tree"), "all": STRATEGIES}
 
 
 def strategy_params(cfg: RunConfig, name: str) -> dict:
     inf = cfg.inference
     if name == "chain":
         return {"depth": inf.depth, "top_k": 1, "total_tokens": inf.depth}
+    if name == "budget":  # SpecExec-style: best-first over the whole pool, `budget` nodes verified per step
+        return {"depth": inf.budget_rounds, "top_k": inf.top_k, "total_tokens": inf.budget, "best_first": True}
     return {"depth": inf.depth, "top_k": inf.top_k, "total_tokens": inf.total_tokens}
 
 
@@ -94,10 +97,11 @@ def simulated_chain_tau(base, drafter, base_runs: list, prompts: list[list[int]]
 
 def run(cfg: RunConfig, presets: list[str]) -> dict:
     inf = cfg.inference
-    strategies = STRATEGIES if inf.strategy == "both" else (inf.strategy,)
+    strategies = GROUPS.get(inf.strategy, (inf.strategy,))
     for s in strategies:
         if s not in STRATEGIES:
-            raise ConfigError(f"inference.strategy: expected chain, tree or both, got {inf.strategy!r}")
+            raise ConfigError(f"inference.strategy: expected chain, tree, budget, both (chain + tree) or all, "
+                              f"got {inf.strategy!r}")
     try:
         sampling = Sampling(inf.temperature, inf.top_p, inf.seed)
     except ValueError as e:

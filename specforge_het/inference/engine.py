@@ -126,7 +126,7 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
 @torch.no_grad()
 def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
                        depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
-                       on_tokens=None) -> DecodeResult:
+                       on_tokens=None, best_first: bool = False) -> DecodeResult:
     """Greedy: token-identical to `base_decode`. Sampling: recursive rejection sampling, distributed exactly as it.
     on_tokens(new_tokens): called after the prefill and after every verify step with all new tokens so far
     (truncated at max_new_tokens / EOS), for streaming."""
@@ -152,7 +152,8 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
         ti = time.perf_counter()
         base_len = base_cache.get_seq_length()  # = position of the root
         draft_len = draft_cache.get_seq_length()
-        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_len, base_len, depth, top_k, total_tokens)
+        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_len, base_len, depth, top_k, total_tokens,
+                           best_first)
         crop_cache(draft_cache, draft_len)
         anc = ancestor_matrix(tree.parents, tree.depths)
         mask = tree_attention_mask(anc, base_len, base.dtype)

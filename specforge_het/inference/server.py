@@ -193,7 +193,7 @@ def run(cfg: RunConfig, presets: list[str]) -> None:
     base = load_base(cfg.base)
     drafter = load_drafter(cfg.inference.drafter_path, device=base.device, dtype=base.dtype)
     drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
-    strategy = "tree" if cfg.inference.strategy == "both" else cfg.inference.strategy
+    strategy = "tree" if cfg.inference.strategy in ("both", "all") else cfg.inference.strategy
     engine = Engine(base, drafter, strategy_params(cfg, strategy), eos_ids(base),
                     cfg.serve.model_name or Path(cfg.inference.drafter_path).name, cfg.serve.max_tokens_limit,
                     cfg.serve.default_max_tokens)

@@ -53,10 +53,13 @@ def tree_attention_mask(anc: torch.Tensor, prefix_len: int, dtype: torch.dtype) 
 
 @torch.no_grad()
 def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, draft_cache, prefix_len: int,
-                root_position: int, depth: int, top_k: int, total_tokens: int) -> DraftTree:
+                root_position: int, depth: int, top_k: int, total_tokens: int, best_first: bool = False) -> DraftTree:
     """EAGLE-2 dynamic tree. root_feature is the drafter output at the position before the root
-    (it predicts the root's children). Each level feeds the top_k best frontier nodes (by cumulative
-    log-prob) through the drafter; the best `total_tokens` of all candidates form the tree.
+    (it predicts the root's children). Each of `depth` rounds feeds top_k frontier nodes through the drafter and
+    adds their top_k children to the candidate pool; the best `total_tokens` candidates (by cumulative log-prob)
+    form the tree. Frontier: the best children of the previous round (EAGLE-2), or with `best_first` the best
+    not-yet-expanded candidates of the whole pool at any depth (SpecExec-style budget tree: with a large
+    total_tokens budget the tree grows where the probability mass is, deep or wide).
     The drafter cache is extended by the fed nodes; the caller crops it back to prefix_len afterwards."""
     device = root_token.device
     logp = drafter.logits(root_feature[None]).float().log_softmax(-1)[0]
@@ -68,6 +71,8 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
     pool_depths = [torch.ones(top_k, dtype=torch.long, device=device)]
     frontier = torch.arange(top_k, device=device)  # pool indices to feed next
     frontier_feat = root_feature[None].expand(top_k, -1)  # the feature paired with each frontier token
+    pool_feats = [frontier_feat]  # per candidate: its parent's drafter output (what it is fed with)
+    expanded = [torch.zeros(top_k, dtype=torch.bool, device=device)]
     fed_pool_idx = torch.empty(0, dtype=torch.long, device=device)  # pool index of each fed cache entry
     fed_anc = torch.empty(0, 0, dtype=torch.bool, device=device)  # ancestor-or-self among fed entries
     pool_size = top_k
@@ -84,7 +89,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
         fed_pool_idx = torch.cat([fed_pool_idx, frontier])
         visible = torch.cat([torch.ones(k_in, prefix_len, dtype=torch.bool, device=device), new_rows], dim=1)
         mask = additive_mask(visible, frontier_feat.dtype)
-        positions = torch.full((1, k_in), root_position + d - 1, dtype=torch.long, device=device)
+        positions = (root_position + torch.cat(pool_depths)[frontier] - 1)[None]
         out = drafter(frontier_feat[None], torch.cat(pool_tokens)[frontier][None], positions,
                       attention_mask=mask, past_key_values=draft_cache, from_base=False)[0]
         logp = drafter.logits(out).float().log_softmax(-1)  # [k_in, V]
@@ -94,10 +99,19 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
         pool_tokens.append(child_tokens.reshape(-1))
         pool_scores.append(cum.reshape(-1))
         pool_parents.append(frontier[:, None].expand(-1, top_k).reshape(-1))
-        pool_depths.append(torch.full((k_in * top_k,), d + 1, dtype=torch.long, device=device))
-        best = cum.reshape(-1).topk(min(top_k, cum.numel())).indices
-        frontier = pool_size + best
-        frontier_feat = out[best // top_k]
+        pool_depths.append((torch.cat(pool_depths)[frontier][:, None] + 1).expand(-1, top_k).reshape(-1))
+        pool_feats.append(out.repeat_interleave(top_k, dim=0))
+        done = torch.cat(expanded)
+        done[frontier] = True
+        expanded = [done, torch.zeros(k_in * top_k, dtype=torch.bool, device=device)]
+        if best_first:  # the best unexpanded candidates anywhere in the pool
+            scores_now = torch.cat(pool_scores).masked_fill(torch.cat(expanded), float("-inf"))
+            frontier = scores_now.topk(min(top_k, int((~torch.cat(expanded)).sum()))).indices
+            frontier_feat = torch.cat(pool_feats)[frontier]
+        else:  # EAGLE-2: the best children of this round
+            best = cum.reshape(-1).topk(min(top_k, cum.numel())).indices
+            frontier = pool_size + best
+            frontier_feat = out[best // top_k]
         pool_size += k_in * top_k
 
     all_scores = torch.cat(pool_scores)
