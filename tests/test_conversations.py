@@ -10,6 +10,7 @@ def test_reads_openai_sharegpt_mtbench_and_prompts_and_reports_skips(tmp_path):
                            {"from": "robot", "value": "?"}]},
         {"turns": ["first turn", "second turn"]},
         {"prompt": "just a prompt"},
+        {"question": "Natalia sold 48 clips...", "answer": "72"},
         {"messages": [{"role": "user", "content": ""}]},
         {"unrelated": 1},
     ]
@@ -20,7 +21,8 @@ def test_reads_openai_sharegpt_mtbench_and_prompts_and_reports_skips(tmp_path):
     assert convs[1] == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert convs[2] == [{"role": "user", "content": "first turn"}]
     assert convs[3] == [{"role": "user", "content": "just a prompt"}]
-    assert len(convs) == 4 and report.read == 4
+    assert convs[4] == [{"role": "user", "content": "Natalia sold 48 clips..."}]
+    assert len(convs) == 5 and report.read == 5
     assert report.skipped["lines that are not JSON"] == 1
     assert report.skipped["turns with unknown roles"] == 1
     assert sum(report.skipped.values()) == 4  # + one empty turn, + one row of no known form

@@ -51,10 +51,12 @@ def _normalise(row, where: str, report: ReadReport) -> list[dict] | None:
             msgs.append({"role": role, "content": m.get("value")})
     elif "turns" in row:
         msgs = [{"role": "user", "content": row["turns"][0]}] if row["turns"] else []
-    elif "prompt" in row:
+    elif "prompt" in row:  # HumanEval-style
         msgs = [{"role": "user", "content": row["prompt"]}]
+    elif "question" in row:  # GSM8K-style {"question", "answer"}: the question is the prompt
+        msgs = [{"role": "user", "content": row["question"]}]
     else:
-        report.skipped["rows without messages/conversations/turns/prompt"] += 1
+        report.skipped["rows without messages/conversations/turns/prompt/question"] += 1
         return None
     good = [m for m in msgs if m["role"] in ("user", "assistant", "system")
             and isinstance(m["content"], str) and m["content"] != ""]
