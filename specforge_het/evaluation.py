@@ -23,9 +23,7 @@ def evaluate_drafter(drafter, batches, loss_fn, algorithm_cfg, depth: int, base=
     accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
     for batch in batches:
         if "hidden" not in batch:  # online: the base's features on the fly
-            batch["hidden"], aux = base.capture(batch["input_ids"], batch.get("attention_mask"), aux_layer_ids)
-            if aux is not None:
-                batch["aux_hidden"] = aux
+            base.add_features(batch, aux_layer_ids)
         batch = {k: v.to(next(drafter.parameters()).device) for k, v in batch.items()}
         loss, metrics = loss_fn(drafter, batch, algorithm_cfg, training=False)
         sums["loss"] += float(loss)

@@ -48,9 +48,7 @@ class DrafterTrainer(Trainer):
         if "hidden" not in inputs:
             if self.base is None:
                 raise RuntimeError("batch has no hidden states and the trainer has no base to compute them")
-            inputs["hidden"], aux = self.base.capture(inputs["input_ids"], inputs["attention_mask"], self.aux_layer_ids)
-            if aux is not None:
-                inputs["aux_hidden"] = aux
+            self.base.add_features(inputs, self.aux_layer_ids)
         loss, metrics = self.loss_fn(model, inputs, self.algorithm_cfg, training=model.training)
         for k, v in metrics.items():
             self._metric_sums[k] += float(v)

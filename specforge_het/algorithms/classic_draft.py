@@ -12,21 +12,21 @@ import torch.nn.functional as F
 
 from ..modeling.classic import build_classic_drafter
 from . import Algorithm, register
+from .losses import masked_mean, soft_ce
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     logits = drafter.token_logits(ids[:, :-1]).float()
     m = mask[:, 1:].float()
-    denom = m.sum().clamp_min(1.0)
-    ce = (F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * m).sum() / denom
+    ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none"), m)
     with torch.no_grad():
         base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
-    kd = (-(base_logits.softmax(-1) * logits.log_softmax(-1)).sum(-1) * m).sum() / denom
+    kd = masked_mean(soft_ce(base_logits, logits), m)
     a = alg.distill_alpha
     loss = (1 - a) * ce + a * kd
     with torch.no_grad():
-        acc = ((logits.argmax(-1) == base_logits.argmax(-1)).float() * m).sum() / denom
+        acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), m)
     return loss, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
 
 

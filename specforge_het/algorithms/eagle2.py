@@ -12,10 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Algorithm, register
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+from .losses import masked_mean, soft_ce, top1_hits
 
 
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -31,16 +28,12 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     with torch.no_grad():
         # Over the draft vocabulary; positions whose base top token lies outside it teach the head nothing.
         target_logits, in_vocab = drafter.target_logits(target_h)
-        target_p = target_logits.float().softmax(-1)
-    pred_logits = drafter.logits(pred).float()
-    m_head = m * in_vocab.to(dtype)
-    ploss = _masked_mean(-(target_p * pred_logits.log_softmax(-1)).sum(-1), m_head)
-    vloss = _masked_mean(F.smooth_l1_loss(pred.float(), target_h.float(), reduction="none").mean(-1), m)
+    pred_logits = drafter.logits(pred)
+    ploss = masked_mean(soft_ce(target_logits, pred_logits), m * in_vocab.to(dtype))
+    vloss = masked_mean(F.smooth_l1_loss(pred.float(), target_h.float(), reduction="none").mean(-1), m)
     loss = alg.v_w * vloss + alg.p_w * ploss
     with torch.no_grad():
-        # Top-1 agreement with the base over all positions (a token outside the draft vocabulary is a miss).
-        hit = (pred_logits.argmax(-1) == target_logits.argmax(-1)) & in_vocab
-        acc = _masked_mean(hit.to(dtype), m)
+        acc = masked_mean(top1_hits(pred_logits, target_logits, in_vocab).to(dtype), m)
     return loss, {"vloss": vloss.detach(), "ploss": ploss.detach(), "acc": acc}
 
 

@@ -12,11 +12,8 @@ import torch
 
 from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
 from . import Algorithm, register
+from .losses import masked_mean, soft_ce, top1_hits
 from .unroll import drafter_features, shifted, unroll
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -27,14 +24,12 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     metrics = {}
     for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
         target_logits, in_vocab = drafter.target_logits(shifted(last, 1 + i, rows))
-        target_p = target_logits.float().softmax(-1)
-        logits = drafter.logits(out).float()
+        logits = drafter.logits(out)
         m = shifted(mask, 1 + i, rows).to(dtype)
-        ploss = _masked_mean(-(target_p * logits.log_softmax(-1)).sum(-1), m * in_vocab.to(dtype))
+        ploss = masked_mean(soft_ce(target_logits, logits), m * in_vocab.to(dtype))
         total = total + alg.ttt_decay ** i * ploss
         with torch.no_grad():
-            hit = (logits.argmax(-1) == target_logits.argmax(-1)) & in_vocab
-            metrics[f"acc_{i}"] = _masked_mean(hit.to(dtype), m)
+            metrics[f"acc_{i}"] = masked_mean(top1_hits(logits, target_logits, in_vocab).to(dtype), m)
             metrics[f"ploss_{i}"] = ploss.detach()
     metrics["acc"] = metrics["acc_0"]
     return total, metrics

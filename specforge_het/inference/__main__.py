@@ -83,12 +83,9 @@ def simulated_chain_tau(base, drafter, base_runs: list, prompts: list[list[int]]
     accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
     for run_, prompt in zip(base_runs, prompts):
         ids = torch.tensor([run_.tokens], device=base.device)
-        last, aux = base.capture(ids, aux_layer_ids=drafter.feature_layers or ())
         mask = torch.zeros_like(ids)
         mask[:, len(prompt):] = 1
-        batch = {"input_ids": ids, "hidden": last.to(base.dtype), "loss_mask": mask}
-        if aux is not None:
-            batch["aux_hidden"] = aux
+        batch = base.add_features({"input_ids": ids, "loss_mask": mask}, drafter.feature_layers or ())
         a, e = simulated_acceptance(drafter, batch, depth)
         accepted += a
         eligible += e

@@ -169,6 +169,15 @@ class FrozenBase:
             raise ConfigError(f"{where}: layer ids {bad} out of range; the base has {n} decoder layers (0..{n - 1})")
         return list(layer_ids)
 
+    def add_features(self, batch: dict, aux_layer_ids=()) -> dict:
+        """Fill a token batch with the base's features in place (online training, evaluation): `hidden`
+        (the last hidden state) and, with `aux_layer_ids`, `aux_hidden`. A batch that has them is left alone."""
+        if "hidden" not in batch:
+            batch["hidden"], aux = self.capture(batch["input_ids"], batch.get("attention_mask"), aux_layer_ids)
+            if aux is not None:
+                batch["aux_hidden"] = aux
+        return batch
+
     @torch.no_grad()
     def capture(self, input_ids, attention_mask=None, aux_layer_ids=()):
         """Hidden states without the lm_head: (last hidden after the final norm [B,T,H],
