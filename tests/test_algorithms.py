@@ -174,7 +174,7 @@ def test_classic_draft_trains_decodes_losslessly_and_reloads(base, tmp_path):
         steps = [out for _, out in unroll(drafter, data[0]["hidden"][:1], ids, 3)]
         t = 8
         cache = DynamicCache()
-        out = drafter.prefill(None, ids[:, :1], ids[:, 1:t + 2], torch.arange(t + 1)[None], cache)
+        out, _ = drafter.prefill(None, ids[:, :1], ids[:, 1:t + 2], torch.arange(t + 1)[None], cache)
         assert torch.allclose(out[0, t], steps[0][0, t], atol=1e-5)
         for i in range(1, 3):
             out = drafter(None, ids[:, t + 1 + i:t + 2 + i], torch.tensor([[t + i]]), past_key_values=cache,

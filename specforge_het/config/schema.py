@@ -126,6 +126,7 @@ class InferenceSection:
     temperature: float = 0.0  # 0 = greedy; > 0 = sampling (exact recursive rejection sampling)
     top_p: float = 1.0
     seed: int = 0
+    batch_size: int = 1  # sequences decoded together (left-padded; each accepts its own number of draft tokens)
 
 
 @dataclass

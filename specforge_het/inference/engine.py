@@ -1,8 +1,9 @@
-"""Speculative decoding with a drafter over a frozen base (batch 1, greedy or sampled), and the base-only baseline.
+"""Speculative decoding with a drafter over a frozen base (batched, greedy or sampled), and the base-only baseline.
 
-Per iteration: the drafter builds a tree from its last feature; the base verifies the whole tree in one
-forward (tree attention mask + tree position ids); the accepted path's KV entries are compacted in place;
-the drafter consumes the base's features of the accepted path and crops its own tree entries.
+Per iteration: the drafter builds one tree per sequence from its last feature; the base verifies all trees in one
+forward (tree attention masks + tree position ids); each sequence's accepted path is compacted into the KV cache;
+the drafter consumes the base's features of the accepted paths and crops its own tree entries. Sequences accept
+different lengths: the caches carry a validity mask per slot, and position ids count real tokens only.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .tree import ancestor_matrix, expand_tree, greedy_accept, sample_accept, sampling_probs, tree_attention_mask
+from ..modeling.drafter_base import padded_causal_mask
+from .tree import (ancestor_matrix, expand_tree, greedy_accept, sample_accept, sampling_probs, take,
+                   tree_attention_mask)
 
 
 @dataclass
@@ -41,8 +44,8 @@ class DecodeResult:
     new_tokens: int = 0
     steps: int = 0  # base verify forwards after the prefill
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted per step
-    seconds: float = 0.0
-    iteration_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of its batch ÷ batch size (summing over prompts gives the wall time)
+    iteration_seconds: list[float] = field(default_factory=list)  # per verify step of its batch
 
     @property
     def emitted(self) -> int:
@@ -60,21 +63,41 @@ def full_cache(base=None, length: int = 0) -> DynamicCache:
     return DynamicCache()
 
 
-def compact_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep only the sequence positions `keep` (sorted) in every layer of a DynamicCache."""
+def gather_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
+    """Keep, per sequence, the cache slots keep [B, M] (in that order) in every layer of a DynamicCache."""
     for layer in cache.layers:
-        layer.keys = layer.keys.index_select(-2, keep)
-        layer.values = layer.values.index_select(-2, keep)
+        idx = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        layer.keys = layer.keys.gather(2, idx)
+        layer.values = layer.values.gather(2, idx)
+
+
+def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only the sequences `rows` of a batched DynamicCache (finished ones leave the batch)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
 
 
 def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Drop every position from `length` on (the drafter's tree entries after a round)."""
+    """Drop every slot from `length` on (the drafter's tree entries after a round)."""
     for layer in cache.layers:
         layer.keys = layer.keys[..., :length, :]
         layer.values = layer.values[..., :length, :]
 
 
-def _finished(tokens: list[int], prompt_len: int, max_new: int, eos: set[int]) -> bool:
+def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ragged prompts → (ids [B, T], valid [B, T], position ids [B, T]), padded on the left so every row's last
+    token sits in the last column. Padding slots stay in the caches, masked out, for the whole generation."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, device=device)
+        valid[i, width - len(p):] = True
+    return ids, valid, (valid.long().cumsum(1) - 1).clamp_min(0)
+
+
+def finished(tokens: list[int], prompt_len: int, max_new: int, eos: set[int]) -> bool:
     new = tokens[prompt_len:]
     return len(new) >= max_new or any(t in eos for t in new)
 
@@ -88,99 +111,181 @@ def truncate(new_tokens: list[int], max_new: int, eos: set[int]) -> list[int]:
     return out
 
 
-def _close(res: DecodeResult, tokens: list[int], prompt: list[int], max_new: int, eos: set[int],
-           t0: float) -> DecodeResult:
-    res.seconds = time.perf_counter() - t0
-    res.tokens = list(prompt) + truncate(tokens[len(prompt):], max_new, eos)
-    res.new_tokens = len(res.tokens) - len(prompt)
-    return res
-
-
-def _next_token(logits: torch.Tensor, sampling: Sampling, gen) -> torch.Tensor:
+def next_tokens_of(logits: torch.Tensor, sampling: Sampling, gen) -> torch.Tensor:
+    """[B, V] last-position logits → [B] next tokens (argmax, or one sample per row)."""
     if sampling.greedy:
-        return logits.argmax()
-    return torch.multinomial(sampling_probs(logits, sampling.temperature, sampling.top_p), 1, generator=gen)[0]
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, sampling.temperature, sampling.top_p), 1, generator=gen)[:, 0]
+
+
+class _Rows:
+    """Book-keeping of a batch whose rows finish at different times: results per original prompt, the
+    live rows' original indices, and the batch wall time shared out over the prompts at the end."""
+
+    def __init__(self, prompts, max_new, eos):
+        self.prompts, self.max_new, self.eos = prompts, max_new, eos
+        self.results = [DecodeResult(tokens=list(p)) for p in prompts]
+        self.live = list(range(len(prompts)))
+        self.t0 = time.perf_counter()
+
+    def emit(self, i: int, new: list[int], accepted: int | None, seconds: float | None) -> None:
+        r = self.results[self.live[i]]
+        r.tokens.extend(new)
+        if accepted is not None:
+            r.steps += 1
+            r.accepted.append(accepted)
+            r.iteration_seconds.append(seconds)
+
+    def done(self) -> torch.Tensor | None:
+        """Drop finished rows; → the kept rows' current batch indices (None when nothing changed)."""
+        keep = [i for i, r in enumerate(self.live)
+                if not finished(self.results[r].tokens, len(self.prompts[r]), self.max_new, self.eos)]
+        if len(keep) == len(self.live):
+            return None
+        self.live = [self.live[i] for i in keep]
+        return torch.tensor(keep, dtype=torch.long)
+
+    def close(self) -> list[DecodeResult]:
+        wall = time.perf_counter() - self.t0
+        for p, r in zip(self.prompts, self.results):
+            r.seconds = wall / len(self.prompts)  # so that summing over prompts gives the wall time
+            r.tokens = list(p) + truncate(r.tokens[len(p):], self.max_new, self.eos)
+            r.new_tokens = len(r.tokens) - len(p)
+        return self.results
 
 
 @torch.no_grad()
-def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
-                sampling: Sampling = Sampling()) -> DecodeResult:
-    """Plain one-token-per-forward decoding with a KV cache (greedy or sampled): the reference and speed baseline."""
-    t0 = time.perf_counter()
-    gen = sampling.generator(base.device)
-    ids = torch.tensor([prompt], device=base.device)
-    cache = full_cache(base, len(prompt) + max_new_tokens)
-    _, logits = base.forward(ids, past_key_values=cache)
-    tokens = list(prompt) + [int(_next_token(logits[0, -1], sampling, gen))]
-    res = DecodeResult(tokens=tokens)
-    while not _finished(tokens, len(prompt), max_new_tokens, eos):
-        ti = time.perf_counter()
-        _, logits = base.forward(torch.tensor([[tokens[-1]]], device=base.device), past_key_values=cache)
-        tokens.append(int(_next_token(logits[0, -1], sampling, gen)))
-        res.steps += 1
-        res.accepted.append(0)
-        res.iteration_seconds.append(time.perf_counter() - ti)
-    return _close(res, tokens, prompt, max_new_tokens, eos, t0)
-
-
-@torch.no_grad()
-def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
-                       depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
-                       on_tokens=None, best_first: bool = False) -> DecodeResult:
-    """Greedy: token-identical to `base_decode`. Sampling: recursive rejection sampling, distributed exactly as it.
-    on_tokens(new_tokens): called after the prefill and after every verify step with all new tokens so far
-    (truncated at max_new_tokens / EOS), for streaming."""
-    t0 = time.perf_counter()
+def base_decode_batch(base, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
+                      sampling: Sampling = Sampling()) -> list[DecodeResult]:
+    """Plain one-token-per-forward decoding of a left-padded batch with a KV cache (greedy or sampled): the
+    reference and speed baseline. Finished rows leave the batch."""
     dev = base.device
     gen = sampling.generator(dev)
-    ids = torch.tensor([prompt], device=dev)
-    base_cache = full_cache(base, len(prompt) + max_new_tokens + total_tokens + 1)
+    rows = _Rows(prompts, max_new_tokens, eos)
+    ids, valid, pos = left_pad(prompts, dev)
+    cache = full_cache(base, ids.shape[1] + max_new_tokens)
+    _, logits = base.forward(ids, attention_mask=padded_causal_mask(valid, None, base.dtype), position_ids=pos,
+                             past_key_values=cache)
+    nxt = next_tokens_of(logits[:, -1], sampling, gen)
+    for i, t in enumerate(nxt.tolist()):
+        rows.emit(i, [t], None, None)
+    lens = valid.sum(1)
+    while (keep := rows.done()) is None or keep.numel():
+        if keep is not None:
+            keep = keep.to(dev)
+            select_rows(cache, keep)
+            nxt, valid, lens = nxt[keep], valid[keep], lens[keep]
+        ti = time.perf_counter()
+        step_valid = torch.ones(len(rows.live), 1, dtype=torch.bool, device=dev)
+        _, logits = base.forward(nxt[:, None], attention_mask=padded_causal_mask(step_valid, valid, base.dtype),
+                                 position_ids=lens[:, None], past_key_values=cache)
+        valid, lens = torch.cat([valid, step_valid], 1), lens + 1
+        nxt = next_tokens_of(logits[:, -1], sampling, gen)
+        seconds = time.perf_counter() - ti
+        for i, t in enumerate(nxt.tolist()):
+            rows.emit(i, [t], 0, seconds)
+    return rows.close()
+
+
+def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
+                sampling: Sampling = Sampling()) -> DecodeResult:
+    return base_decode_batch(base, [prompt], max_new_tokens, eos, sampling)[0]
+
+
+@torch.no_grad()
+def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
+                             depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
+                             on_tokens=None, best_first: bool = False) -> list[DecodeResult]:
+    """Speculative decoding of a left-padded batch, each sequence with its own tree and its own accepted length.
+    Greedy: every row token-identical to `base_decode`. Sampling: recursive rejection sampling per row, distributed
+    exactly as base sampling. on_tokens(prompt index, new tokens so far): called after the prefill and after every
+    verify step (truncated at max_new_tokens / EOS), for streaming.
+    Slots of rejected nodes are not kept; a row that accepts fewer nodes than the longest row of its step leaves
+    masked padding slots behind in both caches (positions count real tokens only)."""
+    dev = base.device
+    gen = sampling.generator(dev)
+    rows = _Rows(prompts, max_new_tokens, eos)
+    ids, base_valid, pos = left_pad(prompts, dev)
+    base_cache = full_cache(base, ids.shape[1] + max_new_tokens + total_tokens + 1)
     draft_cache = full_cache()
     feature_layers = drafter.feature_layers
-    hidden, logits = base.forward(ids, past_key_values=base_cache, feature_layers=feature_layers)
-    root = _next_token(logits[0, -1], sampling, gen)
-    tokens = list(prompt) + [int(root)]
+    hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(base_valid, None, base.dtype),
+                                  position_ids=pos, past_key_values=base_cache, feature_layers=feature_layers)
+    root = next_tokens_of(logits[:, -1], sampling, gen)
     # Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n-1.
-    n = len(prompt)
-    next_tokens = torch.cat([ids[0, 1:], root.view(1)])
-    feats = drafter.prefill(hidden, ids, next_tokens[None], torch.arange(n, device=dev)[None], draft_cache)
-    last_feat = feats[0, -1]
-    res = DecodeResult(tokens=tokens)
-    if on_tokens is not None:
-        on_tokens(truncate(tokens[n:], max_new_tokens, eos))
-    while not _finished(tokens, len(prompt), max_new_tokens, eos):
+    feats, draft_valid = drafter.prefill(hidden, ids, torch.cat([ids[:, 1:], root[:, None]], 1), pos, draft_cache,
+                                         valid=base_valid)
+    last_feat, root_pos = feats[:, -1], base_valid.sum(1)
+    for i, t in enumerate(root.tolist()):
+        rows.emit(i, [t], None, None)
+
+    def stream():
+        if on_tokens is not None:
+            for r in rows.live:
+                on_tokens(r, truncate(rows.results[r].tokens[len(prompts[r]):], max_new_tokens, eos))
+
+    stream()
+    while (keep := rows.done()) is None or keep.numel():
+        if keep is not None:
+            keep = keep.to(dev)
+            select_rows(base_cache, keep)
+            select_rows(draft_cache, keep)
+            root, last_feat, root_pos = root[keep], last_feat[keep], root_pos[keep]
+            base_valid, draft_valid = base_valid[keep], draft_valid[keep]
         ti = time.perf_counter()
-        base_len = base_cache.get_seq_length()  # = position of the root
-        draft_len = draft_cache.get_seq_length()
-        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_len, base_len, depth, top_k, total_tokens,
+        base_len, draft_len = base_valid.shape[1], draft_valid.shape[1]
+        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_valid, root_pos, depth, top_k, total_tokens,
                            best_first)
         crop_cache(draft_cache, draft_len)
         anc = ancestor_matrix(tree.parents, tree.depths)
-        mask = tree_attention_mask(anc, base_len, base.dtype)
-        positions = (base_len + tree.depths)[None]
-        hidden, logits = base.forward(tree.tokens[None], attention_mask=mask, position_ids=positions,
-                                      past_key_values=base_cache, feature_layers=feature_layers)
+        hidden, logits = base.forward(tree.tokens, attention_mask=tree_attention_mask(anc, base_valid, base.dtype),
+                                      position_ids=root_pos[:, None] + tree.depths, past_key_values=base_cache,
+                                      feature_layers=feature_layers)
         if sampling.greedy:
-            base_argmax = logits[0].argmax(-1)
-            path = greedy_accept(tree, anc, base_argmax)
-            bonus = base_argmax[path[-1]]
+            base_argmax = logits.argmax(-1)
+            paths, lens = greedy_accept(tree, anc, base_argmax)
+            bonus = base_argmax.gather(1, paths.gather(1, (lens - 1)[:, None]))[:, 0]
         else:
-            probs = sampling_probs(logits[0], sampling.temperature, sampling.top_p)
-            path, bonus = sample_accept(tree, probs, gen)
-        compact_cache(base_cache, torch.cat([torch.arange(base_len, device=dev), base_len + path]))
-        accepted_tokens = tree.tokens[path[1:]]
-        tokens.extend(accepted_tokens.tolist() + [int(bonus)])
-        # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions base_len + i.
-        next_tokens = torch.cat([accepted_tokens, bonus.view(1)])
-        pos = torch.arange(base_len, base_len + path.numel(), device=dev)[None]
-        feats = drafter(hidden[:, path], next_tokens[None], pos, past_key_values=draft_cache)
-        last_feat, root = feats[0, -1], bonus
-        res.steps += 1
-        res.accepted.append(path.numel() - 1)
-        res.iteration_seconds.append(time.perf_counter() - ti)
-        if on_tokens is not None:
-            on_tokens(truncate(tokens[n:], max_new_tokens, eos))
-    return _close(res, tokens, prompt, max_new_tokens, eos, t0)
+            probs = sampling_probs(logits, sampling.temperature, sampling.top_p)
+            paths, lens, bonus = sample_accept_batch(tree, probs, gen)
+        width = paths.shape[1]
+        step_valid = torch.arange(width, device=dev)[None] < lens[:, None]
+        gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
+                                            base_len + paths], 1))
+        base_valid = torch.cat([base_valid, step_valid], 1)
+        # Row b's next tokens along its path: the accepted children, then the bonus token.
+        nxt = tree.tokens.gather(1, torch.cat([paths[:, 1:], paths[:, -1:]], 1))
+        nxt.scatter_(1, (lens - 1)[:, None], bonus[:, None])
+        # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions root_pos + i.
+        step_pos = root_pos[:, None] + torch.arange(width, device=dev)[None]
+        feats = drafter(take(hidden, paths), nxt, step_pos, past_key_values=draft_cache,
+                        attention_mask=padded_causal_mask(step_valid, draft_valid, drafter.compute_dtype))
+        draft_valid = torch.cat([draft_valid, step_valid], 1)
+        last_feat = take(feats, (lens - 1)[:, None])[:, 0]
+        root, root_pos = bonus, root_pos + lens
+        seconds = time.perf_counter() - ti
+        for i, (n, row) in enumerate(zip(lens.tolist(), nxt.tolist())):
+            rows.emit(i, row[:n], n - 1, seconds)
+        stream()
+    return rows.close()
+
+
+def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eos: set[int],
+                       depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
+                       on_tokens=None, best_first: bool = False) -> DecodeResult:
+    """One sequence (batch 1); on_tokens(new tokens so far) for streaming."""
+    stream = None if on_tokens is None else (lambda _, new: on_tokens(new))
+    return speculative_decode_batch(base, drafter, [prompt], max_new_tokens, eos, depth, top_k, total_tokens,
+                                    sampling, stream, best_first)[0]
+
+
+def sample_accept_batch(tree, probs: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sample_accept` row by row → (paths [B, L_max] padded with each row's last node, lengths [B], bonus [B])."""
+    picked = [sample_accept(tree.row(b), probs[b], gen) for b in range(probs.shape[0])]
+    lens = torch.tensor([p.numel() for p, _ in picked], device=probs.device)
+    width = int(lens.max())
+    paths = torch.stack([torch.cat([p, p[-1:].expand(width - p.numel())]) for p, _ in picked])
+    return paths, lens, torch.stack([t for _, t in picked])
 
 
 @torch.no_grad()

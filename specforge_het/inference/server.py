@@ -186,13 +186,9 @@ def build_server(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
 def run(cfg: RunConfig, presets: list[str]) -> None:
     from pathlib import Path
 
-    from ..modeling.base import load_base
-    from ..modeling.drafter_base import load_drafter
-    from .__main__ import eos_ids, strategy_params
+    from .measure import eos_ids, load_pair, strategy_params
 
-    base = load_base(cfg.base)
-    drafter = load_drafter(cfg.inference.drafter_path, device=base.device, dtype=base.dtype)
-    drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
+    base, drafter, _ = load_pair(cfg)
     strategy = "tree" if cfg.inference.strategy in ("both", "all") else cfg.inference.strategy
     engine = Engine(base, drafter, strategy_params(cfg, strategy), eos_ids(base),
                     cfg.serve.model_name or Path(cfg.inference.drafter_path).name, cfg.serve.max_tokens_limit,

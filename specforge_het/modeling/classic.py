@@ -14,7 +14,7 @@ import torch
 
 from ..config.schema import ConfigError
 from .draft_config import draft_hf_config
-from .drafter_base import DrafterBase, base_meta, causal_mask, register_architecture
+from .drafter_base import DrafterBase, base_meta, causal_mask, padded_causal_mask, register_architecture
 from . import ttt_attention
 
 
@@ -47,13 +47,20 @@ class ClassicDrafter(DrafterBase):
                             past_key_values=past_key_values, use_cache=past_key_values is not None, **extra)
         return out.last_hidden_state
 
-    def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor, cache):
-        """Feed the prompt's first token too, at position 0, so the draft LM sees the whole sequence."""
-        ids = torch.cat([prompt_ids[:, :1], next_tokens], dim=1)
+    def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor, cache,
+                valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed each prompt's first token too, at position 0 in an extra leading cache slot, so the draft LM sees the
+        whole sequence (in a left-padded batch the first real token sits after the padding; slot order does not
+        matter to attention, positions and the mask do)."""
+        if valid is None:
+            valid = torch.ones(next_tokens.shape, dtype=torch.bool, device=next_tokens.device)
+        first = prompt_ids.gather(1, valid.int().argmax(1, keepdim=True))
+        ids = torch.cat([first, next_tokens], dim=1)
+        slots = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
         out = self.lm.model(input_ids=ids, position_ids=torch.cat([positions[:, :1] * 0, positions + 1], dim=1),
-                            attention_mask=causal_mask(ids.shape[1], self.lm.dtype, ids.device), past_key_values=cache,
+                            attention_mask=padded_causal_mask(slots, None, self.lm.dtype), past_key_values=cache,
                             use_cache=True)
-        return out.last_hidden_state[:, 1:]
+        return out.last_hidden_state[:, 1:], slots
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(features)[..., : self.base_vocab_size or None]

@@ -45,6 +45,24 @@ def causal_mask(q_len: int, dtype: torch.dtype, device, past_len: int = 0) -> to
     return mask[None, None]
 
 
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, q, k] (True = attend) → additive float [B, 1, q, k]."""
+    out = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    out.masked_fill_(~visible, torch.finfo(dtype).min)
+    return out[:, None]
+
+
+def padded_causal_mask(valid: torch.Tensor, prefix_valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Causal attention over left- or inner-padded rows: query i sees valid keys ≤ i (and always itself, so a
+    padding query has a finite row). valid [B, T], prefix_valid [B, P] or None → additive [B, 1, T, P + T]."""
+    t = valid.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+    new = (causal[None] & valid[:, None, :]) | torch.eye(t, dtype=torch.bool, device=valid.device)[None]
+    if prefix_valid is not None:
+        new = torch.cat([prefix_valid[:, None, :].expand(-1, t, -1), new], dim=2)
+    return additive_mask(new, dtype)
+
+
 def family_stack(hf_config):
     """The draft family's decoder model without its (vocab-sized) embedding, with our attention function
     (plain SDPA, or the unrolled training-time-test attention when a `ttt_state` is passed)."""
@@ -103,9 +121,19 @@ class DrafterBase(nn.Module):
     feature_layers: Optional[list] = None
     token_only = False  # True for drafters that read no base features (the classic draft model)
 
-    def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor, cache):
-        """The first drafter call of a generation: rows 0..n−1 of the prompt (base features h_t, tokens t+1)."""
-        return self(hidden, next_tokens, positions, past_key_values=cache)
+    def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor, cache,
+                valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first drafter call of a generation: rows 0..n−1 of the prompt (base features h_t, tokens t+1).
+        valid [B, n] marks real (not padding) rows of a left-padded batch. → (outputs [B, n, ·], which of the
+        cache slots this call wrote are real [B, slots])."""
+        if valid is None:
+            valid = torch.ones(next_tokens.shape, dtype=torch.bool, device=next_tokens.device)
+        mask = padded_causal_mask(valid, None, self.compute_dtype)
+        return self(hidden, next_tokens, positions, attention_mask=mask, past_key_values=cache), valid
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     @property
     def reduced_vocab(self) -> bool:
