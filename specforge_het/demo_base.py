@@ -104,6 +104,35 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def bench_questions_dir(demo: DemoSection) -> Path:
+    return Path(demo.conversations_out).with_name("bench")
+
+
+def write_question_files(out: Path, heads: list[str], seed: int, n: int = 80) -> None:
+    """Benchmark question files in the three public formats, from held-out stdlib functions (the base never
+    trained on them): MT-bench (two user turns: a function, then another from elsewhere), HumanEval (a
+    signature + docstring to complete) and GSM8K (generated arithmetic word problems: out of the base's domain,
+    which is the point of a third task)."""
+    if all((out / f"{k}.jsonl").is_file() for k in ("mt_bench", "humaneval", "gsm8k")):
+        return
+    rng = random.Random(seed)
+    write_jsonl(out / "humaneval.jsonl", [{"task_id": f"stdlib/{i}", "prompt": h} for i, h in enumerate(heads[:n])])
+    write_jsonl(out / "mt_bench.jsonl", [
+        {"question_id": 81 + i, "category": "coding", "turns": [heads[n + 2 * i], heads[n + 2 * i + 1]]}
+        for i in range(min(n, (len(heads) - n) // 2))])
+    names, things = ["Ada", "Guido", "Grace", "Linus", "Barbara"], ["apples", "books", "coins", "pencils", "stamps"]
+    rows = []
+    for _ in range(n):
+        a, b, c = rng.randint(2, 12), rng.randint(2, 9), rng.randint(1, 10)
+        who, what = rng.choice(names), rng.choice(things)
+        rows.append({"question": f"A box holds {a} {what}. {who} buys {b} boxes and gives away {c} {what}. "
+                                 f"How many {what} does {who} have left?",
+                     "answer": f"{who} has {a} * {b} = {a * b} {what}, then {a * b} - {c} = {a * b - c}.\n"
+                               f"#### {a * b - c}"})
+    write_jsonl(out / "gsm8k.jsonl", rows)
+    print(f"demo benchmark questions → {out}/{{mt_bench,humaneval,gsm8k}}.jsonl")
+
+
 def build(cfg: RunConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +159,10 @@ def build(cfg: RunConfig) -> Path:
         print(f"demo base: built in {time.time() - t0:.0f}s")
 
     conv_path = Path(demo.conversations_out)
+    eval_heads = [h for f in files if f.held_out for h in function_heads(f)]
+    bench_heads = list(eval_heads)
+    random.Random(demo.seed + 1).shuffle(bench_heads)
+    write_question_files(bench_questions_dir(demo), bench_heads, demo.seed)
     if conv_path.is_file() and eval_prompts_path(demo).is_file():
         print(f"demo conversations: reusing {conv_path}")
         return out_dir
@@ -137,7 +170,6 @@ def build(cfg: RunConfig) -> Path:
     train_heads = [h for f in train_files for h in function_heads(f)]
     rng.shuffle(train_heads)
     train_heads = train_heads[: demo.num_conversations]
-    eval_heads = [h for f in files if f.held_out for h in function_heads(f)]
     rng.shuffle(eval_heads)
     # Self-distilled answers: the base's own sampled continuations (T=0.7, top-p 0.95).
     base = FrozenBase(model=model, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32)

@@ -266,3 +266,44 @@ def test_classic_draft_through_train_with_eval_and_inference(dataset, tmp_path):
     cfg.inference.max_new_tokens, cfg.inference.depth, cfg.inference.top_k, cfg.inference.total_tokens = 20, 3, 3, 8
     report = inference.run(cfg, [])
     assert report["lossless"] and all(r["identical"] == 3 for r in report["strategies"])
+
+
+def test_batched_inference_and_question_file_benchmark(trained, tmp_path):
+    """inference with batch 3 stays lossless; the benchmark runner reads MT-bench (two turns), HumanEval and GSM8K
+    files, decodes every turn with base-only and each strategy, and writes its table, JSON and histogram PNG."""
+    import copy
+
+    from specforge_het.inference import benchmark
+
+    cfg = copy.deepcopy(trained)
+    cfg.inference.strategy, cfg.inference.batch_size = "all", 3
+    cfg.inference.prompts, cfg.inference.num_prompts, cfg.inference.prompt_offset = cfg.data.conversations, 6, 30
+    cfg.inference.max_new_tokens, cfg.inference.budget, cfg.inference.budget_rounds = 24, 24, 5
+    cfg.inference.output_dir = str(tmp_path / "inference")
+    report = inference.run(cfg, [])
+    assert report["lossless"] and all(r["identical"] == 6 for r in report["strategies"])
+    assert (tmp_path / "inference" / "acceptance.png").stat().st_size > 1000
+    assert len(report["strategies"][0]["acceptance_by_depth"]) == cfg.inference.depth
+
+    heads = [json.loads(line)["messages"][0]["content"] for line in open(cfg.data.conversations)][:8]
+    files = {"mt_bench": [{"question_id": i, "turns": [heads[i], heads[i + 4]]} for i in range(4)],
+             "humaneval": [{"task_id": f"t/{i}", "prompt": h} for i, h in enumerate(heads)],
+             "gsm8k": [{"question": "A box holds 3 coins. How many coins are in 4 boxes?", "answer": "#### 12"}]}
+    for name, rows in files.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        setattr(cfg.benchmark, name, str(tmp_path / f"{name}.jsonl"))
+    cfg.benchmark.max_samples, cfg.benchmark.output_dir = 3, str(tmp_path / "bench")
+    cfg.inference.strategy = "both"
+    report = benchmark.run(cfg, [])
+    assert report["lossless"]
+    assert [(r["task"], r["strategy"], r["turns"]) for r in report["rows"]] == [
+        ("mt_bench", "chain", 6), ("mt_bench", "tree", 6), ("gsm8k", "chain", 1), ("gsm8k", "tree", 1),
+        ("humaneval", "chain", 3), ("humaneval", "tree", 3)]
+    assert all(r["identical"] == r["turns"] for r in report["rows"])
+    table = (tmp_path / "bench" / "summary.md").read_text()
+    assert "| mt_bench | tree |" in table and (tmp_path / "bench" / "resolved_config.json").is_file()
+
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "turns": "not a list"}\n')
+    cfg.benchmark.mt_bench = str(tmp_path / "bad.jsonl")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: a mt_bench row needs 'turns'"):
+        benchmark.run(cfg, [])

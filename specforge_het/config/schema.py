@@ -130,6 +130,18 @@ class InferenceSection:
 
 
 @dataclass
+class BenchmarkSection:
+    """Question-file benchmark (python -m specforge_het.inference.benchmark): every file × every strategy of
+    inference.strategy, base-only decoding of the same turns in the same run, one summary table."""
+
+    mt_bench: Optional[str] = None  # MT-bench question.jsonl: {"question_id", "category", "turns": [...]}, multi-turn
+    humaneval: Optional[str] = None  # HumanEval-style JSONL: {"task_id", "prompt"}; completed as raw text, no template
+    gsm8k: Optional[str] = None  # GSM8K-style JSONL: {"question", "answer"}; the question is one user turn
+    max_samples: int = 10  # questions read per file (all turns of each)
+    output_dir: str = "output/demo/benchmark"
+
+
+@dataclass
 class ServeSection:
     """The OpenAI-compatible HTTP server (python -m specforge_het.inference.server)."""
 
@@ -185,6 +197,7 @@ SECTIONS: dict[str, type] = {
     "data": DataSection,
     "training": TrainingSection,
     "inference": InferenceSection,
+    "benchmark": BenchmarkSection,
     "export": ExportSection,
     "serve": ServeSection,
     "demo": DemoSection,
@@ -199,6 +212,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
     export: ExportSection = field(default_factory=ExportSection)
     serve: ServeSection = field(default_factory=ServeSection)
     demo: DemoSection = field(default_factory=DemoSection)

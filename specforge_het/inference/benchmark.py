@@ -1,0 +1,170 @@
+"""benchmark: speculative decoding over public-format question files — MT-bench (multi-turn), HumanEval-style and
+GSM8K-style — for every strategy, next to base-only decoding of the same turns in the same run, summarised in one
+table (τ, tokens/s, speedup, iteration ÷ base step, peak memory) like SpecExec's.
+
+    python -m specforge_het.inference.benchmark --@demo --@eagle2 [--benchmark.max_samples 10]
+        [--benchmark.mt_bench question.jsonl] [--benchmark.humaneval HumanEval.jsonl] [--benchmark.gsm8k test.jsonl]
+        [--inference.strategy all] [--inference.batch_size 4]
+
+MT-bench questions are answered turn by turn: turn 2's prompt holds the question, each decoder's own answer to
+turn 1 (identical under greedy decoding), and the second question. Writes benchmark.json, summary.md and
+acceptance.png into benchmark.output_dir, with the resolved config.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig, run_entry, save_resolved_config
+from ..config.schema import ConfigError
+from ..data.conversations import render
+from ..utils.io import atomic_write_json, atomic_write_text
+from .engine import base_decode_batch, speculative_decode_batch
+from .measure import (PeakMemory, decode_batches, eos_ids, load_pair, resolve_strategies, strategy_params, summarise,
+                      write_acceptance_png)
+
+# file kind → (the field each row must hold, whether it is a list of user turns / one user turn / raw text)
+FORMATS = {"mt_bench": ("turns", "chat"), "gsm8k": ("question", "chat"), "humaneval": ("prompt", "raw")}
+
+
+@dataclass
+class Task:
+    name: str
+    path: str
+    style: str  # "chat": user turns through the chat template; "raw": text completed as is
+    turns: list[list[str]]  # per question, its user turns (one for GSM8K / HumanEval)
+
+
+def read_task(name: str, path: str, max_samples: int) -> Task:
+    field, style = FORMATS[name]
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"benchmark.{name}: no question file at {path}")
+    turns = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+        value = row.get(field) if isinstance(row, dict) else None
+        value = [value] if isinstance(value, str) and field != "turns" else value
+        if not isinstance(value, list) or not value or not all(isinstance(t, str) and t for t in value):
+            raise ConfigError(f"{path}:{n}: a {name} row needs {field!r} as "
+                              f"{'a list of non-empty strings' if field == 'turns' else 'a non-empty string'}")
+        turns.append(value)
+        if len(turns) >= max_samples:
+            break
+    if not turns:
+        raise ConfigError(f"benchmark.{name}: {path} holds no questions")
+    return Task(name, path, style, turns)
+
+
+def tasks_of(cfg: RunConfig) -> list[Task]:
+    b = cfg.benchmark
+    if b.max_samples < 1:
+        raise ConfigError(f"benchmark.max_samples: expected >= 1, got {b.max_samples}")
+    tasks = [read_task(name, getattr(b, name), b.max_samples) for name in FORMATS if getattr(b, name)]
+    if not tasks:
+        raise ConfigError("benchmark: no question files given (set benchmark.mt_bench, benchmark.humaneval "
+                          "and/or benchmark.gsm8k)")
+    return tasks
+
+
+def decode_task(task: Task, tokenizer, decode, batch_size: int, desc: str) -> list[list]:
+    """Every turn of every question, batched across questions turn by turn → results[question][turn]. A decoder's
+    own answer to turn t goes into its prompt for turn t+1."""
+    history = [[] for _ in task.turns]
+    results = [[] for _ in task.turns]
+    for t in range(max(len(q) for q in task.turns)):
+        live = [i for i, q in enumerate(task.turns) if t < len(q)]
+        prompts = []
+        for i in live:
+            history[i].append({"role": "user", "content": task.turns[i][t]})
+            text = (task.turns[i][t] if task.style == "raw"
+                    else render(tokenizer, history[i], add_generation_prompt=True))
+            prompts.append(tokenizer(text, add_special_tokens=task.style == "raw")["input_ids"])
+        outs = decode_batches(decode, prompts, batch_size, f"{desc} turn {t + 1}")
+        for i, p, r in zip(live, prompts, outs):
+            answer = tokenizer.decode(r.tokens[len(p):], skip_special_tokens=True)
+            history[i].append({"role": "assistant", "content": answer})
+            results[i].append(r)
+    return results
+
+
+def run(cfg: RunConfig, presets: list[str]) -> dict:
+    inf, b = cfg.inference, cfg.benchmark
+    strategies = resolve_strategies(inf.strategy)
+    tasks = tasks_of(cfg)
+    base, drafter, sampling = load_pair(cfg)
+    eos = eos_ids(base)
+    out_dir = Path(b.output_dir)
+    save_resolved_config(cfg, out_dir, "benchmark", presets)
+    tok = base.tokenizer
+
+    def base_dec(ps):
+        return base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling)
+
+    def spec_dec(params):
+        return lambda ps: speculative_decode_batch(base, drafter, ps, inf.max_new_tokens, eos, **params,
+                                                   sampling=sampling)
+
+    warm = [tok("def f():", add_special_tokens=True)["input_ids"]]
+    base_dec(warm)
+    spec_dec(strategy_params(cfg, strategies[0]))(warm)
+    report = {"base": cfg.base.model_name_or_path, "drafter": inf.drafter_path, "max_new_tokens": inf.max_new_tokens,
+              "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
+              "max_samples": b.max_samples, "rows": []}
+    lossless = True
+    for task in tasks:
+        with PeakMemory(base.device) as base_mem:
+            base_res = decode_task(task, tok, base_dec, inf.batch_size, f"{task.name} base-only")
+        base_flat = [r for q in base_res for r in q]
+        for s in strategies:
+            params = strategy_params(cfg, s)
+            with PeakMemory(base.device) as mem:
+                spec_res = decode_task(task, tok, spec_dec(params), inf.batch_size, f"{task.name} {s}")
+            flat = [r for q in spec_res for r in q]
+            identical = sum(a.tokens == r.tokens for a, r in zip(flat, base_flat)) if sampling.greedy else -1
+            lossless &= identical in (-1, len(flat))
+            row = summarise(s, params, flat, base_flat, identical, mem)
+            row.update(task=task.name, label=f"{task.name}/{s}", questions=len(task.turns), turns=len(flat),
+                       base_peak_memory_mib=base_mem.mib)
+            report["rows"].append(row)
+    report["lossless"] = lossless if sampling.greedy else None
+    atomic_write_json(out_dir / "benchmark.json", report)
+    table = summary_table(report)
+    atomic_write_text(out_dir / "summary.md", table + "\n")
+    write_acceptance_png(report["rows"], out_dir / "acceptance.png",
+                         f"{inf.drafter_path}: {', '.join(t.name for t in tasks)} (batch {inf.batch_size})")
+    print("\n" + table)
+    print(f"\nwrote {out_dir}/benchmark.json, summary.md, acceptance.png")
+    if report["lossless"] is False:
+        print("benchmark: LOSSLESS CHECK FAILED — speculative output differs from base-only greedy output",
+              file=sys.stderr)
+        raise SystemExit(1)
+    return report
+
+
+def summary_table(report: dict) -> str:
+    mode = "greedy" if not report["temperature"] else f"T={report['temperature']}, top-p {report['top_p']}"
+    lines = [f"Base {report['base']}, drafter {report['drafter']}; {mode}, batch {report['batch_size']}, "
+             f"≤ {report['max_new_tokens']} new tokens per turn, ≤ {report['max_samples']} questions per file.", "",
+             "| task | strategy | depth | top_k | nodes | τ | tok/s | base tok/s | speedup | iter/base step "
+             "| identical | peak MiB (spec / base) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in report["rows"]:
+        ident = f"{r['identical']}/{r['turns']}" if r["identical"] >= 0 else "sampled"
+        lines.append(f"| {r['task']} | {r['strategy']} | {r['depth']} | {r['top_k']} | {r['total_tokens']} "
+                     f"| {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['base_tokens_per_s']:.1f} | {r['speedup']:.2f}× "
+                     f"| {r['iteration_over_base_step']:.2f} | {ident} "
+                     f"| {r['peak_memory_mib']:.0f} / {r['base_peak_memory_mib']:.0f} |")
+    lines.append(f"\nPeak memory: {report['rows'][0]['memory_kind'].replace('_', ' ')}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_entry("benchmark", __doc__.strip().splitlines()[0], run)
