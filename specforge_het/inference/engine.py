@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..modeling.drafter_base import padded_causal_mask
-from .tree import (ancestor_matrix, expand_tree, greedy_accept, sample_accept, sampling_probs, take,
+from .tree import (ancestor_matrix, expand_tree, greedy_accept, path_indices, sample_accept, sampling_probs, take,
                    tree_attention_mask)
 
 
@@ -195,11 +195,14 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
 @torch.no_grad()
 def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
                              depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
-                             on_tokens=None, best_first: bool = False) -> list[DecodeResult]:
+                             on_tokens=None, best_first: bool = False,
+                             force_accept: bool = False) -> list[DecodeResult]:
     """Speculative decoding of a left-padded batch, each sequence with its own tree and its own accepted length.
     Greedy: every row token-identical to `base_decode`. Sampling: recursive rejection sampling per row, distributed
     exactly as base sampling. on_tokens(prompt index, new tokens so far): called after the prefill and after every
     verify step (truncated at max_new_tokens / EOS), for streaming.
+    force_accept (timing benchmarks only — the output is NOT the base's): every verify step accepts the path to
+    its tree's deepest node, as if the base agreed with the drafter, so a random-weight base can be timed at full depth.
     Slots of rejected nodes are not kept; a row that accepts fewer nodes than the longest row of its step leaves
     masked padding slots behind in both caches (positions count real tokens only)."""
     dev = base.device
@@ -243,7 +246,10 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
                                       feature_layers=feature_layers)
         if sampling.greedy:
             base_argmax = logits.argmax(-1)
-            paths, lens = greedy_accept(tree, anc, base_argmax)
+            if force_accept:  # the path to the deepest node, as if the base had agreed all along it
+                paths, lens = path_indices(take(anc, tree.depths.argmax(1, keepdim=True))[:, 0])
+            else:
+                paths, lens = greedy_accept(tree, anc, base_argmax)
             bonus = base_argmax.gather(1, paths.gather(1, (lens - 1)[:, None]))[:, 0]
         else:
             probs = sampling_probs(logits, sampling.temperature, sampling.top_p)
