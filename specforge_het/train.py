@@ -9,11 +9,16 @@ unregistered, so the optimizer and checkpoints never see them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from .algorithms import get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
@@ -23,18 +28,33 @@ from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
-from .modeling.drafter_base import DrafterBase
+from .modeling.drafter_base import DrafterBase, load_checked_state
 from .modeling.vocab import target_token_counts, top_tokens
 from .utils.io import atomic_write_text
 
 
-class DrafterTrainer(Trainer):
-    """Trainer whose loss is the algorithm's, whose logs carry the loss parts, and whose checkpoints
-    are our drafter format (safetensors + JSON, no pickled training args)."""
+class DrafterWithLoss(torch.nn.Module):
+    """What the Trainer trains: the drafter, with the algorithm's loss as its forward. The loss calls several
+    drafter methods (unrolled steps, logits); run inside one forward, it runs inside DistributedDataParallel's
+    forward under multi-process training, which is what keeps gradient synchronisation right."""
 
-    def __init__(self, *args, loss_fn, algorithm_cfg, base: FrozenBase | None = None, aux_layer_ids=(),
-                 eval_depth: int = 5, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, drafter: DrafterBase, loss_fn, algorithm_cfg):
+        super().__init__()
+        self.drafter = drafter
+        self.loss_fn, self.algorithm_cfg = loss_fn, algorithm_cfg
+
+    def forward(self, **batch):
+        return self.loss_fn(self.drafter, batch, self.algorithm_cfg, training=self.training)
+
+
+class DrafterTrainer(Trainer):
+    """Trainer whose loss is the algorithm's, whose logs carry the loss parts and tokens/s, and whose checkpoints
+    are our drafter format (safetensors + JSON, no pickled training args). `model` is the bare drafter."""
+
+    def __init__(self, *args, model: DrafterBase, loss_fn, algorithm_cfg, base: FrozenBase | None = None,
+                 aux_layer_ids=(), eval_depth: int = 5, **kwargs):
+        super().__init__(*args, model=DrafterWithLoss(model, loss_fn, algorithm_cfg), **kwargs)
+        self.drafter = model
         self.loss_fn = loss_fn
         self.eval_depth = eval_depth
         self.eval_history: list[dict] = []
@@ -43,13 +63,16 @@ class DrafterTrainer(Trainer):
         self.aux_layer_ids = list(aux_layer_ids)
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_count = 0
+        self._tokens, self._tokens_since = 0, time.perf_counter()  # tokens trained on since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hidden" not in inputs:
             if self.base is None:
                 raise RuntimeError("batch has no hidden states and the trainer has no base to compute them")
             self.base.add_features(inputs, self.aux_layer_ids)
-        loss, metrics = self.loss_fn(model, inputs, self.algorithm_cfg, training=model.training)
+        loss, metrics = model(**inputs)
+        if model.training:
+            self._tokens += int(inputs["input_ids"].numel())
         for k, v in metrics.items():
             self._metric_sums[k] += float(v)
         self._metric_count += 1
@@ -63,7 +86,7 @@ class DrafterTrainer(Trainer):
         if self.eval_history and self.eval_history[-1]["step"] == self.state.global_step:
             return {k: v for k, v in self.eval_history[-1].items() if k != "step"}  # already evaluated here
         loader = self.get_eval_dataloader(dataset)
-        metrics = evaluate_drafter(self.accelerator.unwrap_model(self.model), loader, self.loss_fn,
+        metrics = evaluate_drafter(self.drafter, loader, self.loss_fn,
                                    self.algorithm_cfg, self.eval_depth, self.base, self.aux_layer_ids)
         self.eval_history.append({"step": self.state.global_step, **metrics})
         self.log(metrics)
@@ -76,14 +99,49 @@ class DrafterTrainer(Trainer):
             logs.update({k: round(v / self._metric_count, 4) for k, v in self._metric_sums.items()})
             self._metric_sums.clear()
             self._metric_count = 0
+            now = time.perf_counter()
+            # Tokens (padding included) per second per process since the last log, the figure training speed is quoted in.
+            logs["tokens_per_s"] = round(self._tokens / max(now - self._tokens_since, 1e-9), 1)
+            self._tokens, self._tokens_since = 0, now
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir or self.args.output_dir)
         if not self.args.should_save:
             return
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        self.drafter.save_pretrained(output_dir)
         atomic_write_text(output_dir / "training_args.json", self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume: the checkpoint's drafter weights, every key checked (the Trainer's own loader is not strict)."""
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"{resume_from_checkpoint}: no drafter weights (model.safetensors) to resume from")
+        load_checked_state(self.drafter, load_file(str(weights)), weights)
+
+
+class LossProgress(ProgressCallback):
+    """The Trainer's tqdm bar (steps, ETA) with the latest loss, accuracy and tokens/s as its postfix, instead of
+    a dict printed under it at every log."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            shown = {k: logs[k] for k in ("loss", "acc", "tokens_per_s") if k in logs}
+            self.training_bar.set_postfix({k.replace("tokens_per_s", "tok/s"): v for k, v in shown.items()})
+        else:  # evaluation results and the end-of-training summary are printed as usual
+            super().on_log(args, state, control, logs, **kwargs)
+
+
+def precision_flags(mode: str, use_cpu: bool) -> dict:
+    """TrainingArguments flags for training.mixed_precision. Autocast only: the drafter's weights (and so the
+    optimizer's master copy) stay fp32 whatever the base's dtype."""
+    if mode not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"training.mixed_precision: expected auto, no, bf16 or fp16, got {mode!r}")
+    if mode == "auto":
+        mode = "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if mode != "no" and use_cpu:
+        raise ConfigError(f"training.mixed_precision {mode} needs a GPU; on CPU training runs in fp32 (use auto or no)")
+    return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
 def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
@@ -98,7 +156,7 @@ def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
         save_only_model=False, logging_first_step=True,
         eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
-        per_device_eval_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size, **precision_flags(t.mixed_precision, use_cpu),
     )
 
 
@@ -157,6 +215,21 @@ def training_dataset(cfg: RunConfig, base: FrozenBase):
     return dataset
 
 
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint-N folder that was written to the end. The Trainer writes trainer_state.json last, so a
+    folder without it is what a kill during a save leaves: it is removed (the step is saved again on the way)."""
+    complete = []
+    for ckpt in out_dir.glob("checkpoint-*"):
+        if not ckpt.name.split("-", 1)[1].isdigit():
+            continue
+        if (ckpt / "trainer_state.json").is_file():
+            complete.append(ckpt)
+        elif int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"train: {ckpt} is incomplete (killed while saving?); removing it")
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def run(cfg: RunConfig, presets: list[str]) -> Path:
     loss_fn = get_algorithm(cfg.algorithm.name).loss
     base = load_base(cfg.base)
@@ -177,7 +250,9 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
         eval_dataset=eval_set, data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
         aux_layer_ids=capture_ids, eval_depth=cfg.training.eval_depth,
     )
-    last_ckpt = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), default=None)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossProgress)
+    last_ckpt = last_complete_checkpoint(out_dir)
     if last_ckpt:
         print(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")
     trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)

@@ -210,10 +210,10 @@ def test_online_and_offline_give_the_same_loss(tmp_path, tiny_base, tiny_convers
     trainer = train.DrafterTrainer(model=drafter, args=train.training_arguments(cfg, use_cpu=True),
                                    train_dataset=online_ds, data_collator=collate, loss_fn=get_loss("eagle2"),
                                    algorithm_cfg=cfg.algorithm, base=base)
-    drafter.eval()
+    trainer.model.eval()
     with torch.no_grad():
-        a = trainer.compute_loss(drafter, dict(offline))
-        b = trainer.compute_loss(drafter, dict(online))
+        a = trainer.compute_loss(trainer.model, dict(offline))
+        b = trainer.compute_loss(trainer.model, dict(online))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
