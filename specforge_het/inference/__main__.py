@@ -3,6 +3,7 @@ speedup measured side by side in one run; greedy outputs are checked token-for-t
 
     python -m specforge_het.inference [--@preset ...] [--inference.drafter_path DIR] [--inference.strategy both]
     python -m specforge_het.inference ... --inference.temperature 0.8 --inference.top_p 0.95   # sampling
+    python -m specforge_het.inference ... --inference.batch_size 4 --inference.strategy all     # batched
 
 Sampling uses recursive rejection sampling, which keeps the output distribution exactly the base's; that is
 proven statistically in tests/test_sampling.py, since sampled outputs cannot be compared token by token.
