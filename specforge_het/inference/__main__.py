@@ -68,6 +68,8 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         base_runs = decode_batches(lambda ps: base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling),
                                    prompts, inf.batch_size, "base-only decoding")
     references = [hf_greedy(base, p, inf.max_new_tokens, eos) for p in prompts] if check else None
+    # The base-only loop must itself match transformers' generate, or the comparison means nothing.
+    base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
     report = {"base": cfg.base.model_name_or_path, "drafter": inf.drafter_path, "max_new_tokens": inf.max_new_tokens,
               "prompts": len(prompts), "batch_size": inf.batch_size, "temperature": inf.temperature,
               "top_p": inf.top_p, "base_peak_memory_mib": base_mem.mib, "memory_kind": base_mem.kind,
@@ -80,8 +82,6 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
                                                                       **params, sampling=sampling),
                                   prompts, inf.batch_size, f"speculative ({s})")
         identical = sum(r.tokens == ref for r, ref in zip(runs, references)) if check else -1
-        # The base-only loop must itself match transformers' generate, or the comparison means nothing.
-        base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
         row = summarise(s, params, runs, base_runs, identical, mem)
         row["base_loop_identical_to_generate"] = base_identical
         if s == "chain" and sampling.greedy:  # the in-training estimate, on the same prompts, for comparison
