@@ -8,6 +8,8 @@ unregistered, so the optimizer and checkpoints never see them.
 """
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -109,7 +111,11 @@ class DrafterTrainer(Trainer):
         output_dir = Path(output_dir or self.args.output_dir)
         if not self.args.should_save:
             return
-        self.drafter.save_pretrained(output_dir)
+        # Under DeepSpeed ZeRO-3 the Trainer passes the weights gathered from every rank (the drafter's own
+        # parameters are shards there); they are keyed by the DrafterWithLoss wrapper's names.
+        if state_dict is not None:
+            state_dict = {k.removeprefix("drafter."): v for k, v in state_dict.items()}
+        self.drafter.save_pretrained(output_dir, state=state_dict)
         atomic_write_text(output_dir / "training_args.json", self.args.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -144,7 +150,49 @@ def precision_flags(mode: str, use_cpu: bool) -> dict:
     return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
-def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
+REPORTERS = ("none", "tensorboard", "wandb", "json")
+
+
+def reporters(report_to: str) -> list[str]:
+    """training.report_to → the Trainer's integrations. "json" is ours: train_log.json is always written, so it
+    adds nothing; tensorboard and wandb must be installed (wandb runs offline with WANDB_MODE=offline)."""
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    for n in names:
+        if n not in REPORTERS:
+            raise ConfigError(f"training.report_to: unknown logger {n!r}; expected a comma-separated list of "
+                              f"{', '.join(REPORTERS)}")
+    wanted = [n for n in names if n not in ("none", "json")]
+    for n, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if n in wanted and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"training.report_to {n}: the {module} package is not installed (pip install {module})")
+    return wanted or ["none"]
+
+
+def deepspeed_flags(ds_config: dict | None, use_cpu: bool, hidden_size: int) -> dict:
+    """TrainingArguments flags for training.deepspeed (a mapping, e.g. from the zero2 / zero3 presets). The bucket
+    sizes left "auto" are sized here from the drafter's width (transformers would read it from a model config
+    the trained module does not have), with transformers' own rules."""
+    if not ds_config:
+        return {}
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("training.deepspeed is set but DeepSpeed is not installed (pip install deepspeed)")
+    stage = ds_config.get("zero_optimization", {}).get("stage")
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"training.deepspeed.zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
+    if "optimizer" in ds_config and use_cpu:
+        raise ConfigError("training.deepspeed.optimizer: DeepSpeed's own optimizers need a GPU; leave it out and "
+                          "the Trainer's AdamW (training.learning_rate, adam_beta*) is used")
+    ds_config = copy.deepcopy(ds_config)
+    zero = ds_config["zero_optimization"]
+    for key, size in (("reduce_bucket_size", hidden_size * hidden_size),
+                      ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+                      ("stage3_param_persistence_threshold", 10 * hidden_size)):
+        if zero.get(key) == "auto":
+            zero[key] = size
+    return {"deepspeed": ds_config}
+
+
+def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0) -> TrainingArguments:
     t = cfg.training
     return TrainingArguments(
         output_dir=t.output_dir, learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
@@ -152,11 +200,12 @@ def training_arguments(cfg: RunConfig, use_cpu: bool) -> TrainingArguments:
         gradient_accumulation_steps=t.gradient_accumulation_steps, warmup_steps=t.warmup_steps,
         lr_scheduler_type=t.lr_scheduler_type, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=reporters(t.report_to),
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
         save_only_model=False, logging_first_step=True,
         eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
         per_device_eval_batch_size=t.per_device_train_batch_size, **precision_flags(t.mixed_precision, use_cpu),
+        **deepspeed_flags(t.deepspeed, use_cpu, hidden_size),
     )
 
 
@@ -246,12 +295,16 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     save_resolved_config(cfg, out_dir, "train", presets)
     capture_ids = layers if layers else base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")
     trainer = DrafterTrainer(
-        model=drafter, args=training_arguments(cfg, use_cpu=base.device.type == "cpu"), train_dataset=train_set,
+        model=drafter, args=training_arguments(cfg, base.device.type == "cpu", drafter.hf_config.hidden_size),
+        train_dataset=train_set,
         eval_dataset=eval_set, data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
         aux_layer_ids=capture_ids, eval_depth=cfg.training.eval_depth,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgress)
+    if trainer.is_deepspeed_enabled and trainer.args.should_save:
+        stage = trainer.args.hf_deepspeed_config.config["zero_optimization"]["stage"]
+        print(f"train: DeepSpeed ZeRO-{stage} over {trainer.args.world_size} processes")
     last_ckpt = last_complete_checkpoint(out_dir)
     if last_ckpt:
         print(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")

@@ -98,10 +98,14 @@ class TrainingSection:
     save_steps: int = 500
     save_total_limit: int = 2
     seed: int = 0
-    report_to: str = "none"  # none | tensorboard | wandb (WANDB_MODE=offline works without a network)
+    # none | tensorboard | wandb | json, comma-separated for several (wandb: WANDB_MODE=offline needs no network)
+    report_to: str = "none"
     dataloader_num_workers: int = 0
     # auto: bf16 autocast over fp32 master weights on a GPU that has bf16, pure fp32 on CPU; or no | bf16 | fp16
     mixed_precision: str = "auto"
+    # A DeepSpeed config (inline mapping; see the zero2 / zero3 presets). Launch with several processes
+    # (accelerate launch / deepspeed / torchrun); None = plain data parallel.
+    deepspeed: Optional[dict] = None
     # In-training evaluation on a held-out split: per-step accuracy and the simulated τ of chain drafting.
     eval_fraction: float = 0.0  # share of the dataset held out (0 = no evaluation)
     eval_steps: int = 100

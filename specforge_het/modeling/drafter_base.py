@@ -221,11 +221,21 @@ class DrafterBase(nn.Module):
             **self.meta,
         }
 
-    def save_pretrained(self, out_dir: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
+    def save_pretrained(self, out_dir: str | Path, dtype: Optional[torch.dtype] = None,
+                        state: Optional[dict] = None) -> Path:
+        """Weights (safetensors) + drafter_config.json. `state`: weights to write instead of this module's own
+        (e.g. gathered from ZeRO-3 shards); checked against the module's keys and shapes first."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        own = {k: v for k, v in self.state_dict().items() if "rotary_emb." not in k}
+        if state is not None:
+            state = {k: v for k, v in state.items() if "rotary_emb." not in k}
+            if state.keys() != own.keys():
+                raise ValueError(f"weights to save do not match the drafter: missing {sorted(own.keys() - state.keys())[:6]}"
+                                 f", unexpected {sorted(state.keys() - own.keys())[:6]}")
+            own = state
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-                 for k, v in self.state_dict().items() if "rotary_emb." not in k}
+                 for k, v in own.items()}
         atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         atomic_write_json(out / CONFIG_NAME, self.config_dict())
         return out
