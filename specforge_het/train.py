@@ -31,6 +31,7 @@ from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
 from .modeling.drafter_base import DrafterBase, load_checked_state
+from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
 from .modeling.vocab import target_token_counts, top_tokens
 from .utils.io import atomic_write_text
 
@@ -123,7 +124,10 @@ class DrafterTrainer(Trainer):
         weights = Path(resume_from_checkpoint) / "model.safetensors"
         if not weights.is_file():
             raise ConfigError(f"{resume_from_checkpoint}: no drafter weights (model.safetensors) to resume from")
-        load_checked_state(self.drafter, load_file(str(weights)), weights)
+        state = load_file(str(weights))
+        if has_adapters(self.drafter.state_dict()):
+            state = resume_state(self.drafter, Path(resume_from_checkpoint), state)
+        load_checked_state(self.drafter, state, weights)
 
 
 class LossProgress(ProgressCallback):
@@ -225,7 +229,22 @@ def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> Dra
         draft_vocab = used
     meta = {"algorithm": cfg.algorithm.name, "base_model_name_or_path": cfg.base.model_name_or_path}
     torch.manual_seed(cfg.training.seed)
-    return get_algorithm(cfg.algorithm.name).build(base, m, feature_layers, meta, draft_vocab)
+    drafter = get_algorithm(cfg.algorithm.name).build(base, m, feature_layers, meta, draft_vocab)
+    if m.lora_rank and m.init_from_base_layer is None:
+        raise ConfigError("modeling.lora_rank needs modeling.init_from_base_layer (adapters over a random layer "
+                          "would leave most of it untrained)")
+    skipped = []
+    if m.init_from_base_layer is not None:
+        skipped = init_from_base_layers(drafter, base, m.init_from_base_layer)
+        drafter.meta["init_from_base_layer"] = m.init_from_base_layer
+        print(f"train: draft layers start from base block {m.init_from_base_layer}"
+              + (f" (kept fresh, no matching base weight: {', '.join(skipped)})" if skipped else ""))
+    if m.lora_rank:
+        add_lora(drafter, m.lora_rank, m.lora_alpha, m.lora_targets, skipped)
+        trainable = sum(p.numel() for p in drafter.parameters() if p.requires_grad)
+        print(f"train: LoRA rank {m.lora_rank} on {', '.join(m.lora_targets)}; {trainable:,} trainable of "
+              f"{sum(p.numel() for p in drafter.parameters()):,} drafter parameters")
+    return drafter
 
 
 def feature_layers_for(cfg: RunConfig, base: FrozenBase):

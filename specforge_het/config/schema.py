@@ -40,6 +40,13 @@ class ModelingSection:
     draft_model_path: Optional[str] = None  # classic_draft: start from this small LM (same tokenizer) instead
     # Merged into the draft decoder's HF config last (e.g. {"intermediate_size": 512, "num_experts": 4}).
     draft_config_overrides: dict = field(default_factory=dict)
+    # Start draft layer i as a copy of base block init_from_base_layer + i (same family and width); None = random.
+    init_from_base_layer: Optional[int] = None
+    # > 0: train those copied layers through rank-r LoRA adapters (peft) only; saved drafters hold merged weights.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                        "up_proj", "down_proj"])
 
 
 @dataclass

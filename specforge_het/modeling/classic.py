@@ -62,6 +62,11 @@ class ClassicDrafter(DrafterBase):
                             use_cache=True)
         return out.last_hidden_state[:, 1:], slots
 
+    def decoder_layers(self) -> list[nn.Module]:
+        from .base import decoder_parts
+
+        return list(decoder_parts(self.lm)[0])
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(features)[..., : self.base_vocab_size or None]
 

@@ -69,6 +69,9 @@ class EagleDrafter(DrafterBase):
             x = out[0] if isinstance(out, tuple) else out
         return self.out_proj(x) if self.out_proj is not None else x
 
+    def decoder_layers(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits of (base-width) features."""
         head = self.lm_head if self.own_lm_head else self.base_lm_head

@@ -131,6 +131,10 @@ class DrafterBase(nn.Module):
         mask = padded_causal_mask(valid, None, self.compute_dtype)
         return self(hidden, next_tokens, positions, attention_mask=mask, past_key_values=cache), valid
 
+    def decoder_layers(self) -> list[nn.Module]:
+        """The draft decoder layers, in order (what modeling.init_from_base_layer / lora_rank act on)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose decoder layers")
+
     @property
     def compute_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -234,6 +238,12 @@ class DrafterBase(nn.Module):
                 raise ValueError(f"weights to save do not match the drafter: missing {sorted(own.keys() - state.keys())[:6]}"
                                  f", unexpected {sorted(state.keys() - own.keys())[:6]}")
             own = state
+        if "lora" in self.meta:  # LoRA-trained layers: saved merged, adapters beside them (see lora.py)
+            from .lora import has_adapters, merge_adapters, save_adapters, scaling_of
+
+            if has_adapters(own):
+                own, adapters = merge_adapters(own, scaling_of(self))
+                save_adapters(adapters, out)
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                  for k, v in own.items()}
         atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))

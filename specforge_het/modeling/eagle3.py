@@ -101,6 +101,9 @@ class Eagle3Drafter(DrafterBase):
         return self.midlayer(emb, g, pos_emb, attention_mask, past_key_values,
                              use_cache=past_key_values is not None, position_ids=position_ids, **extra)
 
+    def decoder_layers(self) -> list[nn.Module]:
+        return [self.midlayer]
+
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         head = self.lm_head if self.own_lm_head else self.base_lm_head
         return head(self.norm(outputs).to(head.weight.dtype))
