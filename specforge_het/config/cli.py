@@ -111,7 +111,7 @@ def run_entry(entry: str, summary: str, main: Callable[[RunConfig, list[str]], o
         return None
     try:
         cfg, presets = resolve_config(argv)
+        return main(cfg, presets)  # bad input found while running (a file, a field, a shape) is one line too
     except ConfigError as e:
         print(f"specforge_het.{entry}: error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    return main(cfg, presets)

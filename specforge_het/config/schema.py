@@ -143,6 +143,27 @@ class InferenceSection:
 
 
 @dataclass
+class PluginsSection:
+    """Inference plugins (specforge_het/plugins/), applied in the order listed; each keeps decoding lossless."""
+
+    enabled: list = field(default_factory=list)  # offload | subspec | async_draft | router
+    # offload: base blocks 0..N-1 stay on the accelerator, the rest live in (pinned) CPU memory and are streamed in.
+    keep_first_n_layers_on_gpu: int = 0
+    offload_prefetch: bool = True  # copy block i+1 in (on a side CUDA stream) while block i runs
+    # subspec: the drafter is the base with its blocks replaced by low-bit substitutes (training-free).
+    quant_bits: int = 4
+    quant_group_size: int = 64
+    quant_backend: str = "auto"  # auto (HQQ when installed, else torch) | hqq | torch
+    subspec_keep_first_n_layers: Optional[int] = None  # blocks shared unquantized; None = the offloaded split (or 0)
+    # async_draft: next trees pre-drafted for this many likely verification outcomes while the base verifies.
+    async_branches: int = 3
+    # router: several drafters for one base, one picked per prompt by a classifier trained on recorded acceptance.
+    router_drafters: list = field(default_factory=list)  # drafter folders
+    router_path: str = "output/demo/router"  # where `python -m specforge_het.plugins.router` saves / reads it
+    router_train_prompts: int = 48  # conversations of data.conversations its acceptance is recorded on
+
+
+@dataclass
 class BenchmarkSection:
     """Question-file benchmark (python -m specforge_het.inference.benchmark): every file × every strategy of
     inference.strategy, base-only decoding of the same turns in the same run, one summary table."""
@@ -210,6 +231,7 @@ SECTIONS: dict[str, type] = {
     "data": DataSection,
     "training": TrainingSection,
     "inference": InferenceSection,
+    "plugins": PluginsSection,
     "benchmark": BenchmarkSection,
     "export": ExportSection,
     "serve": ServeSection,
@@ -225,6 +247,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
     export: ExportSection = field(default_factory=ExportSection)
     serve: ServeSection = field(default_factory=ServeSection)

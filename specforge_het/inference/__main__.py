@@ -20,7 +20,7 @@ from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import prompt_ids, read_conversations
 from ..utils.io import atomic_write_json
-from .engine import base_decode_batch, hf_greedy, speculative_decode_batch
+from .engine import base_decode_batch, hf_greedy
 from .measure import (PeakMemory, decode_batches, eos_ids, format_table, load_pair, resolve_strategies, strategy_params,
                       summarise, write_acceptance_png)
 
@@ -53,7 +53,8 @@ def simulated_chain_tau(base, drafter, base_runs: list, prompts: list[list[int]]
 def run(cfg: RunConfig, presets: list[str]) -> dict:
     inf = cfg.inference
     strategies = resolve_strategies(inf.strategy)
-    base, drafter, sampling = load_pair(cfg)
+    base, speculate, sampling = load_pair(cfg)
+    drafter = speculate.drafter
     check = inf.check_lossless and sampling.greedy
     prompts = load_prompts(cfg, base.tokenizer)
     eos = eos_ids(base)
@@ -63,14 +64,15 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     # Warm-up (first calls pay for allocation and kernel selection), then every decoder on every prompt.
     warm = prompts[: inf.batch_size]
     base_decode_batch(base, warm, 4, eos, sampling)
-    speculative_decode_batch(base, drafter, warm, 4, eos, **strategy_params(cfg, strategies[0]), sampling=sampling)
+    speculate(warm, 4, eos, **strategy_params(cfg, strategies[0]), sampling=sampling)
     with PeakMemory(base.device) as base_mem:
         base_runs = decode_batches(lambda ps: base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling),
                                    prompts, inf.batch_size, "base-only decoding")
     references = [hf_greedy(base, p, inf.max_new_tokens, eos) for p in prompts] if check else None
     # The base-only loop must itself match transformers' generate, or the comparison means nothing.
     base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
-    report = {"base": cfg.base.model_name_or_path, "drafter": inf.drafter_path, "max_new_tokens": inf.max_new_tokens,
+    report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path),
+              "max_new_tokens": inf.max_new_tokens,
               "prompts": len(prompts), "batch_size": inf.batch_size, "temperature": inf.temperature,
               "top_p": inf.top_p, "base_peak_memory_mib": base_mem.mib, "memory_kind": base_mem.kind,
               "strategies": []}
@@ -78,20 +80,20 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     for s in strategies:
         params = strategy_params(cfg, s)
         with PeakMemory(base.device) as mem:
-            runs = decode_batches(lambda ps: speculative_decode_batch(base, drafter, ps, inf.max_new_tokens, eos,
-                                                                      **params, sampling=sampling),
+            runs = decode_batches(lambda ps: speculate(ps, inf.max_new_tokens, eos, **params, sampling=sampling),
                                   prompts, inf.batch_size, f"speculative ({s})")
         identical = sum(r.tokens == ref for r, ref in zip(runs, references)) if check else -1
         row = summarise(s, params, runs, base_runs, identical, mem)
         row["base_loop_identical_to_generate"] = base_identical
         if s == "chain" and sampling.greedy:  # the in-training estimate, on the same prompts, for comparison
             row["tau_simulated"] = simulated_chain_tau(base, drafter, base_runs, prompts, params["depth"])
+        row.update(speculate.take_stats())
         report["strategies"].append(row)
         all_ok &= not check or (identical == len(prompts) == base_identical)
     report["lossless"] = all_ok if check else None
     atomic_write_json(out_dir / "report.json", report)
     write_acceptance_png(report["strategies"], out_dir / "acceptance.png",
-                         f"{inf.drafter_path} on {len(prompts)} prompts (batch {inf.batch_size})")
+                         f"{report['drafter']} on {len(prompts)} prompts (batch {inf.batch_size})")
     print_report(report)
     if check and not all_ok:
         print("inference: LOSSLESS CHECK FAILED — speculative output differs from base greedy output", file=sys.stderr)

@@ -21,7 +21,7 @@ from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import render
 from ..utils.io import atomic_write_json, atomic_write_text
-from .engine import base_decode_batch, speculative_decode_batch
+from .engine import base_decode_batch
 from .measure import (PeakMemory, decode_batches, eos_ids, load_pair, resolve_strategies, strategy_params, summarise,
                       write_acceptance_png)
 
@@ -99,7 +99,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     inf, b = cfg.inference, cfg.benchmark
     strategies = resolve_strategies(inf.strategy)
     tasks = tasks_of(cfg)
-    base, drafter, sampling = load_pair(cfg)
+    base, speculate, sampling = load_pair(cfg)
     eos = eos_ids(base)
     out_dir = Path(b.output_dir)
     save_resolved_config(cfg, out_dir, "benchmark", presets)
@@ -109,13 +109,13 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         return base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling)
 
     def spec_dec(params):
-        return lambda ps: speculative_decode_batch(base, drafter, ps, inf.max_new_tokens, eos, **params,
+        return lambda ps: speculate(ps, inf.max_new_tokens, eos, **params,
                                                    sampling=sampling)
 
     warm = [tok("def f():", add_special_tokens=True)["input_ids"]]
     base_dec(warm)
     spec_dec(strategy_params(cfg, strategies[0]))(warm)
-    report = {"base": cfg.base.model_name_or_path, "drafter": inf.drafter_path, "max_new_tokens": inf.max_new_tokens,
+    report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path), "max_new_tokens": inf.max_new_tokens,
               "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
               "max_samples": b.max_samples, "rows": []}
     lossless = True

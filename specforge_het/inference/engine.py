@@ -196,7 +196,7 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
 def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
                              depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
                              on_tokens=None, best_first: bool = False,
-                             force_accept: bool = False) -> list[DecodeResult]:
+                             force_accept: bool = False, drafting=None) -> list[DecodeResult]:
     """Speculative decoding of a left-padded batch, each sequence with its own tree and its own accepted length.
     Greedy: every row token-identical to `base_decode`. Sampling: recursive rejection sampling per row, distributed
     exactly as base sampling. on_tokens(prompt index, new tokens so far): called after the prefill and after every
@@ -204,7 +204,10 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
     force_accept (timing benchmarks only — the output is NOT the base's): every verify step accepts the path to
     its tree's deepest node, as if the base agreed with the drafter, so a random-weight base can be timed at full depth.
     Slots of rejected nodes are not kept; a row that accepts fewer nodes than the longest row of its step leaves
-    masked padding slots behind in both caches (positions count real tokens only)."""
+    masked padding slots behind in both caches (positions count real tokens only).
+    drafting: an asynchronous drafting plugin (plugins/async_draft.py), batch 1: `start(...)` before each verify
+    pre-drafts next trees for likely outcomes while the base runs; `finish(accepted tokens)` after it returns the
+    drafter state for a hit (the drafter then neither consumes the accepted tokens nor drafts) or None."""
     dev = base.device
     gen = sampling.generator(dev)
     rows = _Rows(prompts, max_new_tokens, eos)
@@ -228,6 +231,9 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
                 on_tokens(r, truncate(rows.results[r].tokens[len(prompts[r]):], max_new_tokens, eos))
 
     stream()
+    if drafting is not None and len(prompts) != 1:
+        raise ValueError("asynchronous drafting decodes one sequence at a time (inference.batch_size 1)")
+    ready = None  # a tree pre-drafted by the drafting plugin for this step's outcome
     while (keep := rows.done()) is None or keep.numel():
         if keep is not None:
             keep = keep.to(dev)
@@ -237,9 +243,15 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
             base_valid, draft_valid = base_valid[keep], draft_valid[keep]
         ti = time.perf_counter()
         base_len, draft_len = base_valid.shape[1], draft_valid.shape[1]
-        tree = expand_tree(drafter, root, last_feat, draft_cache, draft_valid, root_pos, depth, top_k, total_tokens,
-                           best_first)
-        crop_cache(draft_cache, draft_len)
+        if ready is not None:
+            tree, ready = ready, None
+        else:
+            tree = expand_tree(drafter, root, last_feat, draft_cache, draft_valid, root_pos, depth, top_k,
+                               total_tokens, best_first)
+            crop_cache(draft_cache, draft_len)
+        if drafting is not None:
+            drafting.start(drafter, tree, draft_cache, draft_valid, root_pos, last_feat,
+                           (depth, top_k, total_tokens, best_first))
         anc = ancestor_matrix(tree.parents, tree.depths)
         hidden, logits = base.forward(tree.tokens, attention_mask=tree_attention_mask(anc, base_valid, base.dtype),
                                       position_ids=root_pos[:, None] + tree.depths, past_key_values=base_cache,
@@ -262,12 +274,16 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
         # Row b's next tokens along its path: the accepted children, then the bonus token.
         nxt = tree.tokens.gather(1, torch.cat([paths[:, 1:], paths[:, -1:]], 1))
         nxt.scatter_(1, (lens - 1)[:, None], bonus[:, None])
-        # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions root_pos + i.
-        step_pos = root_pos[:, None] + torch.arange(width, device=dev)[None]
-        feats = drafter(take(hidden, paths), nxt, step_pos, past_key_values=draft_cache,
-                        attention_mask=padded_causal_mask(step_valid, draft_valid, drafter.compute_dtype))
-        draft_valid = torch.cat([draft_valid, step_valid], 1)
-        last_feat = take(feats, (lens - 1)[:, None])[:, 0]
+        hit = drafting.finish(nxt[0, : int(lens[0])].tolist()) if drafting is not None else None
+        if hit is not None:  # pre-drafted while the base verified: the drafter state after these tokens, and a tree
+            draft_cache, draft_valid, last_feat, ready = hit
+        else:
+            # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions root_pos + i.
+            step_pos = root_pos[:, None] + torch.arange(width, device=dev)[None]
+            feats = drafter(take(hidden, paths), nxt, step_pos, past_key_values=draft_cache,
+                            attention_mask=padded_causal_mask(step_valid, draft_valid, drafter.compute_dtype))
+            draft_valid = torch.cat([draft_valid, step_valid], 1)
+            last_feat = take(feats, (lens - 1)[:, None])[:, 0]
         root, root_pos = bonus, root_pos + lens
         seconds = time.perf_counter() - ti
         for i, (n, row) in enumerate(zip(lens.tolist(), nxt.tolist())):

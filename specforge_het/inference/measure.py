@@ -38,7 +38,9 @@ def strategy_params(cfg: RunConfig, name: str) -> dict:
 
 
 def load_pair(cfg: RunConfig):
-    """(base, drafter, sampling) for an inference-style run, with the inference section checked first."""
+    """(base, speculator, sampling) for an inference-style run, with the inference section checked first. The
+    speculator (plugins/__init__.py) decodes like speculative_decode_batch with the drafter and plugins bound;
+    `.drafter` is the drafter itself."""
     inf = cfg.inference
     resolve_strategies(inf.strategy)
     if inf.batch_size < 1:
@@ -47,10 +49,10 @@ def load_pair(cfg: RunConfig):
         sampling = Sampling(inf.temperature, inf.top_p, inf.seed)
     except ValueError as e:
         raise ConfigError(f"inference: {e}") from None
+    from ..plugins import build_speculator
+
     base = load_base(cfg.base)
-    drafter = load_drafter(inf.drafter_path, device=base.device, dtype=base.dtype)
-    drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
-    return base, drafter, sampling
+    return base, build_speculator(cfg, base), sampling
 
 
 def eos_ids(base) -> set[int]:

@@ -16,6 +16,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import RunConfig, run_entry, save_resolved_config
+from ..config.schema import ConfigError
 from ..data.conversations import render
 from .engine import Sampling, speculative_decode
 
@@ -188,7 +189,11 @@ def run(cfg: RunConfig, presets: list[str]) -> None:
 
     from .measure import eos_ids, load_pair, strategy_params
 
-    base, drafter, _ = load_pair(cfg)
+    if {"router", "async_draft"} & set(cfg.plugins.enabled):
+        raise ConfigError("the server runs one drafter synchronously: plugins router and async_draft are not "
+                          "supported here yet (offload and subspec are)")
+    base, speculate, _ = load_pair(cfg)
+    drafter = speculate.drafter
     strategy = "tree" if cfg.inference.strategy in ("both", "all") else cfg.inference.strategy
     engine = Engine(base, drafter, strategy_params(cfg, strategy), eos_ids(base),
                     cfg.serve.model_name or Path(cfg.inference.drafter_path).name, cfg.serve.max_tokens_limit,
