@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specforge_het.config import RunConfig
-from specforge_het.config.schema import AlgorithmSection, ConfigError
+from specforge_het.config.schema import ConfigError
 from specforge_het.inference.engine import Sampling, base_decode, speculative_decode, speculative_decode_batch
 from specforge_het.modeling.base import decoder_parts
 from specforge_het.plugins import Speculator, check_enabled
@@ -17,25 +17,12 @@ from specforge_het.plugins.quantize import GroupQuantLinear
 from specforge_het.plugins.router import Router, fit, fit_classifier, load_router
 from specforge_het.plugins.subspec import build_subspec_drafter
 
-from test_algorithms import fit as fit_drafter, make
-from test_batch import STRATEGIES, ragged_prompts
-from test_hetero import EOS, batches, tiny_base, train_steps
+from test_algorithms import make
+from test_batch import STRATEGIES, setup  # noqa: F401  (the batch tests' base, trained drafters and prompts)
+from test_hetero import EOS
 from test_sampling import PROMPT, N_TOKENS, VOCAB, draw, empirical, exact_joint, small_vocab_pair, tv  # noqa: F401
 
 BACKENDS = ["torch"] + (["hqq"] if importlib.util.find_spec("hqq") else [])
-
-
-@pytest.fixture(scope="module")
-def setup():
-    base = tiny_base("llama")
-    data = batches(base, 6, seed=3)
-    eagle2 = make(base, "eagle2")
-    train_steps(eagle2, data, 60)
-    classic = make(base, "classic_draft", draft_family="qwen3", draft_hidden_size=16, draft_layers=2)
-    fit_drafter(classic, data, AlgorithmSection(name="classic_draft"), steps=60)
-    prompts = ragged_prompts()
-    refs = [base_decode(base, p, 16, EOS).tokens for p in prompts]
-    return base, {"eagle2": eagle2.eval(), "classic_draft": classic.eval()}, prompts, refs
 
 
 def assert_identical(spec, prompts, refs, strategies=("chain", "tree", "budget"), batch=4):
@@ -165,3 +152,27 @@ def test_plugin_names_are_checked():
         check_enabled(["ofload"])
     cfg = RunConfig()
     assert cfg.plugins.enabled == [] and cfg.plugins.quant_bits == 4
+
+
+def test_build_speculator_applies_plugins_from_the_config(tiny_base, tmp_path):
+    from specforge_het.modeling.base import load_base
+    from specforge_het.plugins import build_speculator
+
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, tiny_base, plugins__enabled=["async_draft", "offload", "subspec"],
+                   plugins__keep_first_n_layers_on_gpu=1, plugins__quant_backend="torch")
+    base = load_base(cfg.base)
+    ref = base_decode(base, [5, 9, 11, 40], 12, {base.tokenizer.eos_token_id}).tokens
+    spec = build_speculator(cfg, base)
+    try:
+        assert spec.name("unused") == "subspec 4-bit (torch, 1 blocks kept) + offload (1 blocks) + async drafting (3 branches)"
+        out = spec([[5, 9, 11, 40]], 12, {base.tokenizer.eos_token_id}, depth=6, top_k=1, total_tokens=6)
+        assert out[0].tokens == ref
+        stats = spec.take_stats()
+        assert stats["offload"]["fetches"] > 0 and "async_hit_rate" in stats
+    finally:
+        spec.offloader.remove()
+    cfg.plugins.enabled = ["subspec", "router"]
+    with pytest.raises(ConfigError, match="enable one of them"):
+        build_speculator(cfg, base)
