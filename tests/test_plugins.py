@@ -78,6 +78,28 @@ def test_subspec_substitute_is_lossless_and_shares_the_base(setup, backend):
         drafter.save_pretrained("unused")
 
 
+def test_subspec_sharing_the_kept_blocks_kv_cache(setup):
+    """Kept block 0 shared with the base, cache included: lossless, the same acceptance as the unshared substitute
+    (it computes the same thing), and the shared cache layer holds only the drafter's lead token at rest."""
+    base, _, prompts, refs = setup
+    shared = build_subspec_drafter(base, keep_first_n=1, bits=4, group_size=16, backend="torch", share_kv=True)
+    plain = build_subspec_drafter(base, keep_first_n=1, bits=4, group_size=16, backend="torch")
+    assert shared.feature_layers == [0] and not shared.token_only
+    caches = []
+    new_cache = shared.new_cache
+    shared.new_cache = lambda base_cache: caches.append(new_cache(base_cache)) or caches[-1]
+    for s in ("chain", "tree", "budget"):
+        for p, ref in zip(prompts, refs):
+            a = speculative_decode(base, shared, p, 16, EOS, **STRATEGIES[s])
+            b = speculative_decode(base, plain, p, 16, EOS, **STRATEGIES[s])
+            assert a.tokens == ref and a.accepted == b.accepted, (s, p)
+            own = caches[-1].layers[0]._own["keys"]
+            assert own.shape[-2] == 1  # the lead token; every verified entry is read from the base's cache
+            assert caches[-1].layers[1].get_seq_length() == caches[-1].layers[0].keys.shape[-2]
+    with pytest.raises(ConfigError, match="one unpadded sequence at a time"):
+        speculative_decode_batch(base, shared, prompts[:2], 8, EOS, **STRATEGIES["chain"])
+
+
 @pytest.mark.parametrize("which", ["subspec", "classic_draft"])
 def test_async_drafting_is_lossless_and_hits(setup, which):
     base, drafters, prompts, refs = setup

@@ -19,10 +19,16 @@ def shifted(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
     return out
 
 
+def on_tokens(drafter) -> bool:
+    """Whether teacher-forced unrolling is one plain forward of the drafter's LM: token-only drafters, and
+    drafters that read base features only as a shortcut for what their own shared blocks would compute."""
+    return drafter.token_only or getattr(drafter, "unrolls_on_tokens", False)
+
+
 def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int):
     """Yields (step i, outputs [B, L−1, ·]) for i = 0..steps−1, each step fed the previous step's outputs."""
     rows = input_ids.shape[1] - 1
-    if drafter.token_only:  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
+    if on_tokens(drafter):  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
         full = drafter.lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
         for i in range(steps):
             yield i, shifted(full, 1 + i, rows)
@@ -38,7 +44,7 @@ def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int)
 
 def drafter_features(drafter, batch: dict) -> torch.Tensor:
     """The base features a drafter reads: the fused aux layers (EAGLE-3) or the last hidden state."""
-    if drafter.feature_layers and not drafter.token_only:
+    if drafter.feature_layers and not on_tokens(drafter):
         if "aux_hidden" not in batch:
             from ..config.schema import ConfigError
 

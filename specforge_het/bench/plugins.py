@@ -83,6 +83,9 @@ def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[d
     subspec = build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend)
     drafters = {name: (Speculator(base, d), ["chain", "tree"]) for name, d in loaded.items()}
     drafters[f"SubSpec {p.quant_bits}-bit"] = (Speculator(base, subspec), [chain32, deep])
+    if keep:  # the kept blocks' KV cache shared with the base (batch 1)
+        shared = build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend, share_kv=True)
+        drafters[f"SubSpec {p.quant_bits}-bit, KV shared"] = (Speculator(base, shared), [chain32, deep])
     rows = rows_for(cfg, base, drafters, prompts, eos, refs, offloaded=False)
     extra = {f"SubSpec {p.quant_bits}-bit + async": (Speculator(base, subspec, async_branches=p.async_branches),
                                                      [("chain", strategy_params(cfg, "chain")), chain32])}

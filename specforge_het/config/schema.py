@@ -155,6 +155,7 @@ class PluginsSection:
     quant_group_size: int = 64
     quant_backend: str = "auto"  # auto (HQQ when installed, else torch) | hqq | torch
     subspec_keep_first_n_layers: Optional[int] = None  # blocks shared unquantized; None = the offloaded split (or 0)
+    subspec_share_kv: bool = True  # with kept blocks, batch 1: their KV cache (and verified-token compute) is the base's
     # async_draft: next trees pre-drafted for this many likely verification outcomes while the base verifies.
     async_branches: int = 3
     # router: several drafters for one base, one picked per prompt by a classifier trained on recorded acceptance.

@@ -213,7 +213,7 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
     rows = _Rows(prompts, max_new_tokens, eos)
     ids, base_valid, pos = left_pad(prompts, dev)
     base_cache = full_cache(base, ids.shape[1] + max_new_tokens + total_tokens + 1)
-    draft_cache = full_cache()
+    draft_cache = drafter.new_cache(base_cache)
     feature_layers = drafter.feature_layers
     hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(base_valid, None, base.dtype),
                                   position_ids=pos, past_key_values=base_cache, feature_layers=feature_layers)

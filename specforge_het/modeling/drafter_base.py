@@ -131,6 +131,12 @@ class DrafterBase(nn.Module):
         mask = padded_causal_mask(valid, None, self.compute_dtype)
         return self(hidden, next_tokens, positions, attention_mask=mask, past_key_values=cache), valid
 
+    def new_cache(self, base_cache):
+        """The drafter's KV cache for one decode (a drafter sharing cache layers with the base overrides this)."""
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
     def decoder_layers(self) -> list[nn.Module]:
         """The draft decoder layers, in order (what modeling.init_from_base_layer / lora_rank act on)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose decoder layers")

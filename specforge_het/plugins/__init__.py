@@ -52,7 +52,8 @@ class Speculator:
         """What drafts, for reports: the drafter path, or the plugin that replaced it, plus the plugins on top."""
         meta = getattr(self.drafter, "meta", {})
         if meta.get("algorithm") == "subspec":
-            what = f"subspec {meta['quant_bits']}-bit ({meta['quant_backend']}, {meta['kept_blocks']} blocks kept)"
+            what = f"subspec {meta['quant_bits']}-bit ({meta['quant_backend']}, {meta['kept_blocks']} blocks kept"
+            what += ", KV shared)" if meta.get("shared_kv") else ")"
         elif self.route is not None:
             what = "router over " + ", ".join(str(getattr(d, "meta", {}).get("algorithm", "?")) for d in self.drafters)
         else:
@@ -116,7 +117,8 @@ def build_speculator(cfg: RunConfig, base) -> Speculator:
         keep = p.subspec_keep_first_n_layers
         if keep is None:
             keep = p.keep_first_n_layers_on_gpu if "offload" in enabled else 0
-        spec = Speculator(base, build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend))
+        spec = Speculator(base, build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend,
+                                                     share_kv=p.subspec_share_kv and "async_draft" not in enabled))
     elif "router" in enabled:
         from .router import load_router
 
