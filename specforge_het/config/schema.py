@@ -144,7 +144,7 @@ class InferenceSection:
 
 @dataclass
 class PluginsSection:
-    """Inference plugins (specforge_het/plugins/), applied in the order listed; each keeps decoding lossless."""
+    """Inference plugins (specforge_het/plugins/): subspec, router, offload, async_draft, applied in that order."""
 
     enabled: list = field(default_factory=list)  # offload | subspec | async_draft | router
     # offload: base blocks 0..N-1 stay on the accelerator, the rest live in (pinned) CPU memory and are streamed in.
