@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import RunConfig, run_entry
+from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..inference.__main__ import load_prompts
 from ..inference.engine import base_decode_batch, hf_greedy
@@ -67,6 +67,7 @@ def table(rows: list[dict]) -> str:
 
 def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[dict]:
     inf, p = cfg.inference, cfg.plugins
+    save_resolved_config(cfg, OUT, "bench.plugins", presets)
     base = load_base(cfg.base)
     prompts = load_prompts(cfg, base.tokenizer)
     eos = eos_ids(base)
