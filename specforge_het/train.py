@@ -166,9 +166,9 @@ def reporters(report_to: str) -> list[str]:
             raise ConfigError(f"training.report_to: unknown logger {n!r}; expected a comma-separated list of "
                               f"{', '.join(REPORTERS)}")
     wanted = [n for n in names if n not in ("none", "json")]
-    for n, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if n in wanted and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"training.report_to {n}: the {module} package is not installed (pip install {module})")
+    for n in wanted:  # each integration is the package of its name
+        if importlib.util.find_spec(n) is None:
+            raise ConfigError(f"training.report_to {n}: the {n} package is not installed (pip install {n})")
     return wanted or ["none"]
 
 

@@ -11,7 +11,7 @@ from specforge_het.config.schema import ConfigError
 from specforge_het.inference.engine import Sampling, base_decode, speculative_decode, speculative_decode_batch
 from specforge_het.modeling.base import decoder_parts
 from specforge_het.plugins import Speculator, check_enabled
-from specforge_het.plugins.async_draft import AsyncDrafting, AsyncStats
+from specforge_het.plugins.async_draft import AsyncDrafting
 from specforge_het.plugins.offload import offload_base
 from specforge_het.plugins.quantize import GroupQuantLinear
 from specforge_het.plugins.router import Router, fit, fit_classifier, load_router

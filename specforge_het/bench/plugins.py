@@ -75,7 +75,7 @@ def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[d
     loaded = {}
     for name, path in (paths or DEFAULT_DRAFTERS).items():
         if (Path(path) / "drafter_config.json").is_file():
-            loaded[name] = load_drafter_for(cfg, base, path)
+            loaded[name] = load_drafter_for(base, path)
         else:
             print(f"bench.plugins: skipping {name}: no drafter at {path}", file=sys.stderr)
     deep = ("deep tree", {"depth": 32, "top_k": 6, "total_tokens": 96})

@@ -109,13 +109,13 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         return base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling)
 
     def spec_dec(params):
-        return lambda ps: speculate(ps, inf.max_new_tokens, eos, **params,
-                                                   sampling=sampling)
+        return lambda ps: speculate(ps, inf.max_new_tokens, eos, **params, sampling=sampling)
 
     warm = [tok("def f():", add_special_tokens=True)["input_ids"]]
     base_dec(warm)
     spec_dec(strategy_params(cfg, strategies[0]))(warm)
-    report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path), "max_new_tokens": inf.max_new_tokens,
+    report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path),
+              "max_new_tokens": inf.max_new_tokens,
               "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
               "max_samples": b.max_samples, "rows": []}
     lossless = True

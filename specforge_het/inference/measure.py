@@ -13,7 +13,6 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..config.schema import ConfigError
 from ..modeling.base import load_base
-from ..modeling.drafter_base import load_drafter
 from .engine import DecodeResult, Sampling
 
 STRATEGIES = ("chain", "tree", "budget")

@@ -62,7 +62,7 @@ class ClassicDrafter(DrafterBase):
                             use_cache=True)
         return out.last_hidden_state[:, 1:], slots
 
-    def decoder_layers(self) -> list[nn.Module]:
+    def decoder_layers(self) -> list[torch.nn.Module]:
         from .base import decoder_parts
 
         return list(decoder_parts(self.lm)[0])

@@ -234,7 +234,7 @@ class DrafterBase(nn.Module):
     def save_pretrained(self, out_dir: str | Path, dtype: Optional[torch.dtype] = None,
                         state: Optional[dict] = None) -> Path:
         """Weights (safetensors) + drafter_config.json. `state`: weights to write instead of this module's own
-        (e.g. gathered from ZeRO-3 shards); checked against the module's keys and shapes first."""
+        (e.g. gathered from ZeRO-3 shards, whose own parameters are empty); checked against the module's keys first."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         own = {k: v for k, v in self.state_dict().items() if "rotary_emb." not in k}

@@ -20,7 +20,6 @@ from ..config.schema import ConfigError
 from ..utils.io import atomic_write
 
 ADAPTERS_NAME = "lora_adapters.safetensors"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _A, _B, _W0 = ".lora_A.default.", ".lora_B.default.", ".base_layer."
 
 

@@ -98,7 +98,7 @@ def check_enabled(names) -> list[str]:
     return [n for n in ORDER if n in names]
 
 
-def load_drafter_for(cfg: RunConfig, base, path: str):
+def load_drafter_for(base, path: str):
     from ..modeling.drafter_base import load_drafter
 
     drafter = load_drafter(path, device=base.device, dtype=base.dtype)
@@ -122,18 +122,19 @@ def build_speculator(cfg: RunConfig, base) -> Speculator:
     elif "router" in enabled:
         from .router import load_router
 
-        drafters = [load_drafter_for(cfg, base, d) for d in p.router_drafters]
+        drafters = [load_drafter_for(base, d) for d in p.router_drafters]
         router = load_router(p.router_path, base, p.router_drafters)
         spec = Speculator(base, drafters[0], route=router.choose, drafters=drafters)
     else:
-        spec = Speculator(base, load_drafter_for(cfg, base, cfg.inference.drafter_path))
+        spec = Speculator(base, load_drafter_for(base, cfg.inference.drafter_path))
     if "offload" in enabled:
         from .offload import offload_base
 
         spec.offloader = offload_base(base, p.keep_first_n_layers_on_gpu, p.offload_prefetch)
     if "async_draft" in enabled:
-        if not spec.drafter.token_only or any(not d.token_only for d in spec.drafters):
-            raise ConfigError("plugins async_draft needs a drafter that reads no base features (classic_draft or "
-                              "subspec): an EAGLE drafter needs the base's features of the accepted tokens")
+        from .async_draft import check_token_only
+
+        for drafter in spec.drafters or [spec.drafter]:
+            check_token_only(drafter)
         spec.async_branches = p.async_branches
     return spec

@@ -6,8 +6,9 @@ principal path once; outcomes are scored by P(j), the running share of verify st
 acceptance counts for every j ≥ the path length; Laplace-smoothed), times the drafter's probability of b after j
 nodes (b ≠ the path's own next token when j < the path length). For the `branches` best it copies the drafter
 cache, feeds b and expands the next tree. (The drafter's own path probabilities would be a poor estimate of j:
-a substitute of the base is accepted whenever its argmax is the base's, however flat its distribution.) After the verify, the accepted tokens either match a
-pre-drafted outcome (hit: its cache and tree are used as they are) or not (miss: the engine drafts as usual).
+a substitute of the base is accepted whenever its argmax is the base's, however flat its distribution.)
+After the verify, the accepted tokens either match a pre-drafted outcome (hit: its cache and tree are used as
+they are) or not (miss: the engine drafts as usual).
 Verification is untouched, so output stays exactly the base's whatever the hit rate.
 
 Only drafters that read no base features qualify (classic draft models, SubSpec substitutes): an EAGLE drafter
@@ -16,6 +17,7 @@ worker runs on its own CUDA stream; on CPU it is a thread (torch releases the GI
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from dataclasses import dataclass
@@ -26,6 +28,13 @@ from ..config.schema import ConfigError
 from ..inference.engine import crop_cache
 from ..inference.tree import expand_tree
 from ..modeling.drafter_base import padded_causal_mask
+
+
+def check_token_only(drafter) -> None:
+    if not drafter.token_only:
+        raise ConfigError("plugins async_draft needs a drafter that reads no base features (classic_draft, or subspec "
+                          "without a shared KV cache): an EAGLE drafter needs the base's features of the accepted "
+                          "tokens")
 
 
 @dataclass
@@ -53,9 +62,7 @@ class AsyncDrafting:
         self.accepted_counts: dict[int, int] = {}  # verify steps that accepted j draft nodes
 
     def start(self, drafter, tree, draft_cache, draft_valid, root_pos, root_feature, tree_params) -> None:
-        if not drafter.token_only:
-            raise ConfigError("plugins async_draft needs a drafter that reads no base features (classic_draft or "
-                              "subspec): an EAGLE drafter needs the base's features of the accepted tokens")
+        check_token_only(drafter)
         self._outcomes, self._error = {}, None
         stream = torch.cuda.Stream(draft_valid.device) if draft_valid.is_cuda else None
         if stream is not None:  # the worker's stream must see the tree and cache the compute stream just wrote
@@ -82,7 +89,7 @@ class AsyncDrafting:
     def _work(self, *args) -> None:
         try:
             stream = args[-1]
-            with torch.no_grad(), (torch.cuda.stream(stream) if stream is not None else _nullcontext()):
+            with torch.no_grad(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
                 self._predraft(*args[:-1])
             if stream is not None:
                 stream.synchronize()
@@ -135,10 +142,3 @@ class AsyncDrafting:
             self._outcomes[key] = (branch, valid, last_feat, nxt_tree)
             self.stats.drafted += 1
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -143,7 +143,7 @@ def run(cfg, presets: list[str]) -> dict:
 
     p = cfg.plugins
     base = load_base(cfg.base)
-    drafters = [load_drafter_for(cfg, base, d) for d in p.router_drafters]
+    drafters = [load_drafter_for(base, d) for d in p.router_drafters]
     convs, _ = read_conversations(cfg.data.conversations, p.router_train_prompts)
     train_prompts = [prompt_ids(base.tokenizer, c) for c in convs]
     eval_prompts = load_prompts(cfg, base.tokenizer)

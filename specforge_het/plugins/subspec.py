@@ -63,6 +63,19 @@ class SharedPrefixLayer(DynamicLayer):
     keys = property(lambda self: self._get("keys"), lambda self, v: self._set("keys", v))
     values = property(lambda self: self._get("values"), lambda self, v: self._set("values", v))
 
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Append to the drafter's own part only (DynamicLayer's update would rebuild base + own twice)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        for name, new in (("keys", key_states), ("values", value_states)):
+            own = self._own[name]
+            self._own[name] = new if own is None else torch.cat([own, new], dim=-2)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        own = self._own["keys"]
+        return self._base("keys").shape[-2] + (0 if own is None else own.shape[-2])
+
     def drop_own(self) -> None:
         self._own = {"keys": None, "values": None}
 
@@ -101,7 +114,7 @@ class SharedSubstituteDrafter(SubstituteDrafter):
         → final hidden states of those m + 1 tokens."""
         for layer in cache.layers[: self.keep]:
             layer.drop_own()  # the previous lead is verified now: the base's own entries hold it
-        past = cache.layers[0].keys.shape[-2]
+        past = cache.layers[0].get_seq_length()
         dtype = self.lm.dtype
         lead = self._run(self.kept, self.lm.model.embed_tokens(lead_token), positions[:, -1:],
                          torch.zeros(1, 1, 1, past + 1, dtype=dtype, device=lead_token.device), cache)
@@ -165,6 +178,3 @@ def build_subspec_drafter(base, keep_first_n: int = 0, bits: int = 4, group_size
         drafter = SubstituteDrafter(lm.config, base.hidden_size, None, meta=meta, lm=lm)
     return drafter.attach_base(base.embed_tokens, base.lm_head).eval()
 
-
-def weight_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
