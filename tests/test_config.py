@@ -98,3 +98,33 @@ def test_config_error_is_one_line_exit_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training.nope" in err
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--data.max_length", "-5", "2 ≤ max_length"),
+    ("--data.max_samples", "0", "1 ≤ max_samples"),
+    ("--data.max_samples", "-1", "1 ≤ max_samples"),
+    ("--data.shard_size", "0", "1 ≤ shard_size"),
+    ("--data.ds_range", "['a','b']", "ds_range.*item 0: expected int"),
+    ("--data.ds_range", "[5, 2]", "0 <= a <= b"),
+    ("--training.learning_rate", "-0.001", "0 < learning_rate"),
+    ("--training.per_device_train_batch_size", "0", "1 ≤ per_device_train_batch_size"),
+    ("--inference.top_p", "1.5", "top_p ≤ 1"),
+    ("--inference.temperature", "nan", "expected float"),
+    ("--export.to", "sglng", "one of specforge_het, sglang, vllm.*did you mean 'sglang'"),
+    ("--base.dtype", "fp32", "one of float32, bfloat16, float16"),
+    ("--inference.strategy", "trees", "did you mean 'tree'"),
+])
+def test_out_of_range_and_unknown_choice_values_stop_at_load(flag, value, expected):
+    """Values that used to be accepted silently (max_length −5 cut every sample, max_samples ≤ 0 kept one, a
+    negative learning rate failed deep in torch) stop at config load with the key and what was expected."""
+    with pytest.raises(ConfigError, match=expected):
+        resolve_config([flag, value])
+
+
+def test_help_lists_every_choice_and_range(capsys):
+    run_entry("export", "summary", lambda c, p: None, ["--help"])
+    out = capsys.readouterr().out
+    assert "--export.to (one of specforge_het | sglang | vllm, default 'specforge_het')" in out
+    assert "--inference.top_p (float, 0 < top_p ≤ 1, default 1.0)" in out
+    assert "--data.ds_range (list of int or None, default None)" in out

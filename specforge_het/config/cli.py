@@ -94,7 +94,8 @@ def help_text(entry: str, summary: str) -> str:
     width = max((len(n) for n in presets), default=0)
     preset_lines = "\n".join(f"  --@{n.ljust(width)}  {d}" for n, d in sorted(presets.items())) or "  (none found)"
     return (
-        f"usage: python -m specforge_het.{entry} [--@preset ...] [--use_saved_json_config PATH] [--section.key VALUE ...]\n\n"
+        f"usage: python -m specforge_het.{entry} [--@preset ...] [--use_saved_json_config PATH] "
+        "[--section.key VALUE ...]\n\n"
         f"{summary}\n\n"
         "Precedence: defaults (or the saved config) < presets in CLI order < --section.key overrides.\n"
         "Values are literals (1e-4, true, None, [1, 2], {'a': 1}); anything else is a string.\n\n"

@@ -6,14 +6,13 @@ sections it needs. Values are validated against the annotations here, never eval
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the message says which key and what was expected."""
+from .errors import ConfigError, closest
+from .ranges import RANGES, check_value
 
 
 @dataclass
@@ -21,7 +20,7 @@ class BaseSection:
     """The frozen base (target) model."""
 
     model_name_or_path: str = "output/demo_base"
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
 
@@ -34,8 +33,9 @@ class ModelingSection:
     # HF model_type of the draft decoder layers (llama, qwen3, qwen3_moe, mistral, gemma2, ...); None = the base's.
     draft_family: Optional[str] = None
     draft_hidden_size: Optional[int] = None  # None = the base's width; otherwise projections map between widths
-    embedding: str = "shared"  # shared (the base's, frozen) | own (trainable, at the draft width)
-    lm_head: str = "shared"  # shared (the base's, frozen) | own (trainable; implied by draft_vocab_size)
+    embedding: Literal["shared", "own"] = "shared"  # shared (the base's, frozen) | own (trainable, at the draft width)
+    # shared (the base's, frozen) | own (trainable; implied by draft_vocab_size)
+    lm_head: Literal["shared", "own"] = "shared"
     draft_vocab_size: Optional[int] = None  # top-N target tokens of the training data; None = the full vocabulary
     draft_model_path: Optional[str] = None  # classic_draft: start from this small LM (same tokenizer) instead
     # Merged into the draft decoder's HF config last (e.g. {"intermediate_size": 512, "num_experts": 4}).
@@ -72,14 +72,16 @@ class DataSection:
     max_samples: Optional[int] = None
     shard_size: int = 256  # samples per shard
     batch_size: int = 8  # base forward batch while dumping
-    hidden_dtype: str = "bfloat16"  # bfloat16 | float16 | float32
+    hidden_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     chat_template: Optional[str] = None  # path to a Jinja template overriding the tokenizer's
     # Extra base layers to capture besides the last (id k = output of decoder block k, 0-based), e.g. EAGLE-3's.
-    aux_layer_ids: list = field(default_factory=list)
-    ds_range: Optional[list] = None  # [a, b): dump only samples a..b-1 (split work across machines)
+    aux_layer_ids: list[int] = field(default_factory=list)
+    ds_range: Optional[list[int]] = None  # [a, b): dump only samples a..b-1 (split work across machines)
     merge_from: list = field(default_factory=list)  # data_gen merges these dataset dirs into dataset_dir
-    mode: str = "offline"  # offline: train reads dataset_dir | online: train runs the base on the fly
-    format: str = "specforge_het"  # dataset layout train reads: specforge_het | eagle_pt (official EAGLE .pt files)
+    # offline: train reads dataset_dir | online: train runs the base on the fly
+    mode: Literal["offline", "online"] = "offline"
+    # the dataset layout train reads: ours, or eagle_pt (official EAGLE .pt files)
+    format: Literal["specforge_het", "eagle_pt"] = "specforge_het"
     regenerate_to: Optional[str] = None  # if set: the base rewrites the assistant turns first, saved here
     regen_temperature: float = 0.7  # 0 = greedy
     regen_max_new_tokens: int = 256
@@ -96,7 +98,9 @@ class TrainingSection:
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 10
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                               "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr",
+                               "warmup_stable_decay"] = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -109,7 +113,7 @@ class TrainingSection:
     report_to: str = "none"
     dataloader_num_workers: int = 0
     # auto: bf16 autocast over fp32 master weights on a GPU that has bf16, pure fp32 on CPU; or no | bf16 | fp16
-    mixed_precision: str = "auto"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # A DeepSpeed config (inline mapping; see the zero2 / zero3 presets). Launch with several processes
     # (accelerate launch / deepspeed / torchrun); None = plain data parallel.
     deepspeed: Optional[dict] = None
@@ -125,7 +129,7 @@ class InferenceSection:
 
     drafter_path: str = "output/demo/drafter"
     output_dir: str = "output/demo/inference"
-    strategy: str = "both"  # chain | tree | budget | both (chain + tree) | all
+    strategy: Literal["chain", "tree", "budget", "both", "all"] = "both"  # both = chain + tree; all = the three
     depth: int = 5  # chain length, or tree depth
     top_k: int = 8  # tree: children expanded per node
     total_tokens: int = 32  # tree: draft nodes verified per step
@@ -140,6 +144,12 @@ class InferenceSection:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 1  # sequences decoded together (left-padded; each accepts its own number of draft tokens)
+    # float32: the final norm + lm_head of every decode and verify forward in fp32 over a bf16/fp16 base (fewer
+    # rounding ties); model: as the base computes them.
+    verify_precision: Literal["model", "float32"] = "model"
+    # Lossless check on a bf16/fp16 base: a divergence from the reference is a near-tie (passes) when the base's two
+    # tokens are within this many ulps of its dtype in every shape (inference/divergence.py); else it fails.
+    near_tie_ulps: float = 2.0
 
 
 @dataclass
@@ -153,9 +163,10 @@ class PluginsSection:
     # subspec: the drafter is the base with its blocks replaced by low-bit substitutes (training-free).
     quant_bits: int = 4
     quant_group_size: int = 64
-    quant_backend: str = "auto"  # auto (HQQ when installed, else torch) | hqq | torch
+    quant_backend: Literal["auto", "hqq", "torch"] = "auto"  # auto = HQQ when installed, else torch
     subspec_keep_first_n_layers: Optional[int] = None  # blocks shared unquantized; None = the offloaded split (or 0)
-    subspec_share_kv: bool = True  # with kept blocks, batch 1: their KV cache (and verified-token compute) is the base's
+    # with kept blocks, batch 1: their KV cache (and verified-token compute) is the base's
+    subspec_share_kv: bool = True
     # async_draft: next trees pre-drafted for this many likely verification outcomes while the base verifies.
     async_branches: int = 3
     # router: several drafters for one base, one picked per prompt by a classifier trained on recorded acceptance.
@@ -192,11 +203,11 @@ class ExportSection:
     """Checkpoint conversion."""
 
     checkpoint: str = "output/demo/drafter"
-    to: str = "specforge_het"
+    to: Literal["specforge_het", "sglang", "vllm"] = "specforge_het"
     out: str = "output/demo/export"
-    dtype: Optional[str] = None  # None keeps the checkpoint's dtype
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None  # None keeps the checkpoint's dtype
     base_model: Optional[str] = None  # for the launch command; None = the drafter's training base
-    feature_layers: Optional[list] = None  # importing an EAGLE-3 checkpoint without eagle_config: its base layers
+    feature_layers: Optional[list[int]] = None  # importing an EAGLE-3 checkpoint without eagle_config: its base layers
     num_steps: int = 5  # launch command: --speculative-num-steps
     topk: int = 8  # launch command: --speculative-eagle-topk
     num_draft_tokens: int = 32  # launch command: --speculative-num-draft-tokens
@@ -258,15 +269,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def closest(name: str, valid: typing.Iterable[str]) -> str:
-    """'did you mean' text naming the closest valid names (or all of them when few)."""
-    valid = sorted(valid)
-    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    if near:
-        return "did you mean " + " or ".join(repr(v) for v in near) + "?"
-    return "valid: " + ", ".join(valid[:40]) + (" ..." if len(valid) > 40 else "")
-
-
 def _field_types(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
 
@@ -279,6 +281,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {where}: expected one of {', '.join(map(str, choices))}, got {value!r}"
+                          + (f"; {closest(value, choices)}" if isinstance(value, str) else ""))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -293,7 +301,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            if math.isfinite(value):
+                return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -304,7 +313,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is list or origin is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
+            item = typing.get_args(tp)
+            return [_coerce(v, item[0], f"{where}, item {i}") for i, v in enumerate(value)] if item else list(value)
     else:
         return value
     tname = getattr(tp, "__name__", str(tp))
@@ -322,7 +332,10 @@ def set_key(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     if key not in types:
         raise ConfigError(f"{source}: unknown config key '{section}.{key}'; "
                           f"{closest(key, types)} (keys of [{section}]: {', '.join(types)})")
-    setattr(getattr(cfg, section), key, _coerce(value, types[key], f"{section}.{key} (from {source})"))
+    where = f"{section}.{key} (from {source})"
+    value = _coerce(value, types[key], where)
+    check_value(dotted, value, where)
+    setattr(getattr(cfg, section), key, value)
 
 
 def apply_mapping(cfg: RunConfig, mapping: dict, source: str) -> None:
@@ -338,14 +351,30 @@ def apply_mapping(cfg: RunConfig, mapping: dict, source: str) -> None:
             set_key(cfg, f"{section}.{key}", value, source)
 
 
+def type_name(tp: Any) -> str:
+    """How --help shows a key's type: choices for Literal types, 'x or None' for optional ones."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{type_name(args[0])} or None"
+    if origin is Literal:
+        return "one of " + " | ".join(map(str, typing.get_args(tp)))
+    if origin is list:
+        item = typing.get_args(tp)
+        return f"list of {item[0].__name__}" if item else "list"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
 def describe_sections() -> str:
-    """Human-readable listing of every section and key with its default, for --help."""
+    """Human-readable listing of every section and key with its type (choices, range) and default, for --help."""
     lines = []
     defaults = RunConfig()
     for name, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"  [{name}]  {doc}")
         for key, tp in _field_types(cls).items():
-            tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-            lines.append(f"    --{name}.{key} ({tname}, default {getattr(getattr(defaults, name), key)!r})")
+            rng = RANGES.get(f"{name}.{key}")
+            bounds = f", {str(rng).replace('x', key)}" if rng is not None else ""
+            default = getattr(getattr(defaults, name), key)
+            lines.append(f"    --{name}.{key} ({type_name(tp)}{bounds}, default {default!r})")
     return "\n".join(lines)
