@@ -1,7 +1,8 @@
 """Tree bookkeeping on hand-made trees: masks, acceptance, and the chain as a special case."""
 import torch
 
-from specforge_het.inference.tree import DraftTree, ancestor_matrix, greedy_accept, tree_attention_mask
+from specforge_het.inference.accept import greedy_accept
+from specforge_het.inference.tree import DraftTree, ancestor_matrix, tree_attention_mask
 
 #        0 (root, token 10)
 #      /   \

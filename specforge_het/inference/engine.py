@@ -14,28 +14,8 @@ import torch
 from transformers import DynamicCache
 
 from ..modeling.drafter_base import padded_causal_mask
-from .tree import (ancestor_matrix, expand_tree, greedy_accept, path_indices, sample_accept, sampling_probs, take,
-                   tree_attention_mask)
-
-
-@dataclass
-class Sampling:
-    """temperature 0 = greedy (then top_p is unused)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling needs temperature >= 0 and 0 < top_p <= 1, got {self}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def generator(self, device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.seed)
+from .accept import Sampling, greedy_accept, path_indices, sample_accept, sampling_probs, take
+from .tree import ancestor_matrix, expand_tree, tree_attention_mask
 
 
 @dataclass
@@ -247,11 +227,11 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
             tree, ready = ready, None
         else:
             tree = expand_tree(drafter, root, last_feat, draft_cache, draft_valid, root_pos, depth, top_k,
-                               total_tokens, best_first)
+                               total_tokens, best_first, sampling, gen)
             crop_cache(draft_cache, draft_len)
         if drafting is not None:
             drafting.start(drafter, tree, draft_cache, draft_valid, root_pos, last_feat,
-                           (depth, top_k, total_tokens, best_first))
+                           (depth, top_k, total_tokens, best_first, sampling))
         anc = ancestor_matrix(tree.parents, tree.depths)
         hidden, logits = base.forward(tree.tokens, attention_mask=tree_attention_mask(anc, base_valid, base.dtype),
                                       position_ids=root_pos[:, None] + tree.depths, past_key_values=base_cache,
@@ -265,7 +245,7 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
             bonus = base_argmax.gather(1, paths.gather(1, (lens - 1)[:, None]))[:, 0]
         else:
             probs = sampling_probs(logits, sampling.temperature, sampling.top_p)
-            paths, lens, bonus = sample_accept_batch(tree, probs, gen)
+            paths, lens, bonus = sample_accept(tree, probs, gen)
         width = paths.shape[1]
         step_valid = torch.arange(width, device=dev)[None] < lens[:, None]
         gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
@@ -299,15 +279,6 @@ def speculative_decode(base, drafter, prompt: list[int], max_new_tokens: int, eo
     stream = None if on_tokens is None else (lambda _, new: on_tokens(new))
     return speculative_decode_batch(base, drafter, [prompt], max_new_tokens, eos, depth, top_k, total_tokens,
                                     sampling, stream, best_first)[0]
-
-
-def sample_accept_batch(tree, probs: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`sample_accept` row by row → (paths [B, L_max] padded with each row's last node, lengths [B], bonus [B])."""
-    picked = [sample_accept(tree.row(b), probs[b], gen) for b in range(probs.shape[0])]
-    lens = torch.tensor([p.numel() for p, _ in picked], device=probs.device)
-    width = int(lens.max())
-    paths = torch.stack([torch.cat([p, p[-1:].expand(width - p.numel())]) for p, _ in picked])
-    return paths, lens, torch.stack([t for _, t in picked])
 
 
 @torch.no_grad()

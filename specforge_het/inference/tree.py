@@ -1,20 +1,31 @@
-"""Draft trees as tensors: EAGLE-2 dynamic expansion, ancestor masks, greedy acceptance — batched.
+"""Draft trees as tensors: EAGLE-2 dynamic expansion and SpecExec-style budget trees, ancestor masks — batched.
 
 A batch of B trees, one per sequence, each with a root (the last token the base produced, index 0) and n draft
 nodes (indices 1..n): `tokens [B, n+1]`, `parents [B, n+1]` (the root's parent is -1) and `depths [B, n+1]`,
 sorted so parents precede children. Every row has the same node count (the same budget), not the same shape.
 Everything is computed level by level (≤ depth tensor ops over the whole batch), never node by node.
 A chain of length k is the tree with top_k = 1 and total_tokens = k.
+
+Selection is ancestor-closed by construction, not by a score margin: candidates are ranked by the key
+(on the principal chain, cumulative score, pool index) — a child's score is clamped to at most its parent's and
+the pool lists parents before children, so a parent always ranks before its child, ties included. The principal
+chain (each node's first child: the drafter's greedy chain, or its first sample) ranks first, so every tree holds
+the chain of its depth and accepts at least what that chain would.
+
+Sampling (a `Sampling` with temperature > 0): each expanded node's children are drawn from the drafter's sampling
+distribution q (temperature and top-p as for the base) without replacement (Gumbel-top-k), in draw order, and q is
+kept for the verifier (accept.py). The shape is decided from q's sorted probabilities only — never from which
+token was drawn into a slot — so the kept children of a node are a prefix of its draws, as the verifier requires.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..modeling.drafter_base import additive_mask
-
-TIE_BREAK = 1e-6  # a child's score must sort strictly below its parent's, even when log p == 0
+from .accept import Sampling, sampling_probs, take
 
 
 @dataclass
@@ -22,13 +33,20 @@ class DraftTree:
     tokens: torch.Tensor  # [B, n+1] long, tokens[:, 0] = roots
     parents: torch.Tensor  # [B, n+1] long, parents[:, 0] = -1
     depths: torch.Tensor  # [B, n+1] long, depths[:, 0] = 0
+    # Sampled trees only: q [B, F, V_draft] the draft distributions the children of the F expanded nodes were drawn
+    # from, q_index [B, n+1] each node's row of q (-1: not expanded), draft_ids [V_draft] their target ids (None:
+    # the draft vocabulary is the target's).
+    q: Optional[torch.Tensor] = None
+    q_index: Optional[torch.Tensor] = None
+    draft_ids: Optional[torch.Tensor] = None
+    max_children: Optional[int] = None  # an upper bound on any node's child count (the tree's top_k)
 
     @property
     def size(self) -> int:
         return self.tokens.shape[-1]
 
     def row(self, b: int) -> "DraftTree":
-        """One sequence's tree, unbatched ([n+1] tensors), for the per-sequence sampling verifier."""
+        """One sequence's tree, unbatched ([n+1] tensors)."""
         return DraftTree(self.tokens[b], self.parents[b], self.depths[b])
 
 
@@ -53,155 +71,142 @@ def tree_attention_mask(anc: torch.Tensor, prefix_valid: torch.Tensor, dtype: to
     return additive_mask(torch.cat([prefix, anc], dim=2), dtype)
 
 
-def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, N, ...] rows picked per batch row by idx [B, M] → [B, M, ...]."""
-    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+def rank_desc(*keys: torch.Tensor) -> torch.Tensor:
+    """Indices [B, N] ordering each row by the keys (most significant first), each descending; ties keep the
+    original (pool) order. Stable sorts from the least significant key up."""
+    order = torch.arange(keys[0].shape[1], device=keys[0].device).expand_as(keys[0])
+    for key in reversed(keys):
+        key = key.float() if key.dtype == torch.bool else key
+        order = order.gather(1, key.gather(1, order).argsort(dim=1, descending=True, stable=True))
+    return order
+
+
+def draft_children(logits: torch.Tensor, k: int, sampling: Optional[Sampling], generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Drafter logits [B, m, V] → (k child draft ids per node in slot order [B, m, k], slot scores [B, m, k]
+    sorted descending, q [B, m, V] or None). Greedy: the top-k tokens, scored by log-probability. Sampled: k draws
+    without replacement from q (the Gumbel-top-k trick), scored by q's k largest log-probabilities — slot j's score
+    does not depend on which token was drawn into it. Slots beyond q's support score −inf."""
+    if sampling is None or sampling.greedy:
+        scores, ids = logits.float().log_softmax(-1).topk(k)
+        return ids, scores, None
+    q = sampling_probs(logits, sampling.temperature, sampling.top_p)
+    log_q = q.log()
+    u = torch.rand(q.shape, generator=generator, device=q.device).clamp_(torch.finfo(torch.float32).tiny, 1.0)
+    ids = (log_q - (-u.log()).log()).topk(k).indices
+    return ids, log_q.topk(k).values, q
+
+
+class _Pool:
+    """The candidate pool of one expansion, per batch row: parents index the pool (-1 = the root); pool order
+    lists every parent before its children."""
+
+    def __init__(self):
+        self.tokens, self.scores, self.parents, self.depths, self.principal, self.feats = [], [], [], [], [], []
+
+    def add(self, tokens, scores, parents, depths, principal, feats) -> None:
+        for name, v in zip(("tokens", "scores", "parents", "depths", "principal", "feats"),
+                           (tokens, scores, parents, depths, principal, feats)):
+            getattr(self, name).append(v)
+
+    def cat(self, name: str) -> torch.Tensor:
+        return torch.cat(getattr(self, name), 1)
 
 
 @torch.no_grad()
 def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, draft_cache,
                 prefix_valid: torch.Tensor, root_position: torch.Tensor, depth: int, top_k: int, total_tokens: int,
-                best_first: bool = False) -> DraftTree:
+                best_first: bool = False, sampling: Optional[Sampling] = None,
+                generator: Optional[torch.Generator] = None) -> DraftTree:
     """EAGLE-2 dynamic trees for a batch. root_token [B], root_feature [B, H] (the drafter output at the position
     before the root: it predicts the root's children), prefix_valid [B, P] the drafter cache's real slots,
-    root_position [B]. Each of `depth` rounds feeds top_k frontier nodes per row through the drafter and adds
-    their top_k children to the candidate pool; the best `total_tokens` candidates (by cumulative log-prob) form
+    root_position [B]. Each of `depth` rounds feeds up to top_k frontier nodes per row through the drafter and adds
+    their top_k children to the candidate pool; the best `total_tokens` candidates (see the module docstring) form
     the tree. Frontier: the best children of the previous round (EAGLE-2), or with `best_first` the best
-    not-yet-expanded candidates of the whole pool at any depth (SpecExec-style budget tree: with a large
-    total_tokens budget the tree grows where the probability mass is, deep or wide).
+    not-yet-expanded candidates of the whole pool at any depth (SpecExec-style budget tree). The principal chain's
+    newest node is always in the frontier. With `sampling` (temperature > 0) children are sampled (draft_children).
     The drafter cache is extended by the fed nodes; the caller crops it back to P afterwards."""
     device = root_token.device
     bsz = root_token.shape[0]
-    logp = drafter.logits(root_feature[:, None]).float().log_softmax(-1)[:, 0]
-    scores, tokens = logp.topk(top_k)  # [B, k]
-    tokens = drafter.draft_to_target(tokens)  # a reduced draft vocabulary maps back to target ids
-    # Candidate pool (per-row indices); parents index the pool (-1 = root). Same layout in every row.
-    pool_tokens, pool_scores = [tokens], [scores]
-    pool_parents = [torch.full((bsz, top_k), -1, dtype=torch.long, device=device)]
-    pool_depths = [torch.ones(bsz, top_k, dtype=torch.long, device=device)]
-    frontier = torch.arange(top_k, device=device).expand(bsz, top_k)  # pool indices to feed next
-    frontier_feat = root_feature[:, None].expand(-1, top_k, -1)  # the feature paired with each frontier token
-    pool_feats = [frontier_feat]  # per candidate: its parent's drafter output (what it is fed with)
-    expanded = torch.zeros(bsz, top_k, dtype=torch.bool, device=device)
+    sampled = sampling is not None and not sampling.greedy
+    logits = drafter.logits(root_feature[:, None])
+    k = min(top_k, logits.shape[-1])
+    ids, slot_scores, q0 = draft_children(logits, k, sampling, generator)
+    pool = _Pool()
+    first_slot = torch.arange(k, device=device).expand(bsz, 1, k) == 0
+    pool.add(drafter.draft_to_target(ids[:, 0]), slot_scores[:, 0], torch.full((bsz, k), -1, device=device),
+             torch.ones(bsz, k, dtype=torch.long, device=device), first_slot[:, 0],
+             root_feature[:, None].expand(-1, k, -1))
+    q_rows = [q0] if sampled else []
+    frontier = torch.arange(k, device=device).expand(bsz, k)  # pool indices to feed next
+    frontier_feat = root_feature[:, None].expand(-1, k, -1)  # the feature paired with each frontier token
+    expanded = torch.zeros(bsz, k, dtype=torch.bool, device=device)
     fed_pool_idx = torch.empty(bsz, 0, dtype=torch.long, device=device)  # pool index of each fed cache entry
     fed_anc = torch.empty(bsz, 0, 0, dtype=torch.bool, device=device)  # ancestor-or-self among fed entries
-    pool_size = top_k
-    eye = torch.eye(top_k, dtype=torch.bool, device=device)
-    for d in range(1, depth):
+    pool_size = k
+    eye = torch.eye(k, dtype=torch.bool, device=device)
+    for _ in range(1, depth):
         k_in = frontier.shape[1]
-        all_parents, all_depths = torch.cat(pool_parents, 1), torch.cat(pool_depths, 1)
-        # Ancestors of the frontier among already-fed entries = the parent's fed row.
+        all_parents, all_depths = pool.cat("parents"), pool.cat("depths")
+        # Ancestors of a frontier node among already-fed entries = its parent's fed row (none for the root's children).
+        parent_pool = all_parents.gather(1, frontier)
         old = torch.zeros(bsz, k_in, fed_anc.shape[1], dtype=torch.bool, device=device)
-        if fed_anc.shape[1]:  # from level 2 on, every frontier parent was fed one level earlier
-            parent_pool = all_parents.gather(1, frontier)
-            fed_pos_of_parent = (fed_pool_idx[:, None, :] == parent_pool[:, :, None]).float().argmax(-1)
-            old = take(fed_anc, fed_pos_of_parent)
+        if fed_anc.shape[1]:
+            fed_pos = (fed_pool_idx[:, None, :] == parent_pool[:, :, None]).float().argmax(-1)
+            old = take(fed_anc, fed_pos) & (parent_pool >= 0)[..., None]
         new_rows = torch.cat([old, eye[:k_in, :k_in].expand(bsz, -1, -1)], dim=2)
         fed_anc = torch.cat([torch.nn.functional.pad(fed_anc, (0, k_in)), new_rows], dim=1)
         fed_pool_idx = torch.cat([fed_pool_idx, frontier], dim=1)
         visible = torch.cat([prefix_valid[:, None, :].expand(-1, k_in, -1), new_rows], dim=2)
-        mask = additive_mask(visible, frontier_feat.dtype)
         frontier_depth = all_depths.gather(1, frontier)
         positions = root_position[:, None] + frontier_depth - 1
-        out = drafter(frontier_feat, torch.cat(pool_tokens, 1).gather(1, frontier), positions,
-                      attention_mask=mask, past_key_values=draft_cache, from_base=False)  # [B, k_in, H]
-        logp = drafter.logits(out).float().log_softmax(-1)  # [B, k_in, V]
-        child_scores, child_tokens = logp.topk(top_k, dim=-1)
-        child_tokens = drafter.draft_to_target(child_tokens)
-        cum = torch.cat(pool_scores, 1).gather(1, frontier)[..., None] + child_scores - TIE_BREAK  # [B, k_in, k]
-        pool_tokens.append(child_tokens.reshape(bsz, -1))
-        pool_scores.append(cum.reshape(bsz, -1))
-        pool_parents.append(frontier[..., None].expand(-1, -1, top_k).reshape(bsz, -1))
-        pool_depths.append((frontier_depth[..., None] + 1).expand(-1, -1, top_k).reshape(bsz, -1))
-        pool_feats.append(out.repeat_interleave(top_k, dim=1))
+        out = drafter(frontier_feat, pool.cat("tokens").gather(1, frontier), positions,
+                      attention_mask=additive_mask(visible, frontier_feat.dtype), past_key_values=draft_cache,
+                      from_base=False)  # [B, k_in, H]
+        ids, slot_scores, q = draft_children(drafter.logits(out), k, sampling, generator)
+        parent_scores = pool.cat("scores").gather(1, frontier)[..., None]
+        cum = torch.minimum(parent_scores + slot_scores, parent_scores)  # never above the parent, even with rounding
+        principal = pool.cat("principal").gather(1, frontier)[..., None] & first_slot
+        pool.add(drafter.draft_to_target(ids).reshape(bsz, -1), cum.reshape(bsz, -1),
+                 frontier[..., None].expand(-1, -1, k).reshape(bsz, -1),
+                 (frontier_depth[..., None] + 1).expand(-1, -1, k).reshape(bsz, -1), principal.reshape(bsz, -1),
+                 out.repeat_interleave(k, dim=1))
+        if sampled:
+            q_rows.append(q)
         expanded = torch.cat([expanded.scatter(1, frontier, True),
-                              torch.zeros(bsz, k_in * top_k, dtype=torch.bool, device=device)], dim=1)
+                              torch.zeros(bsz, k_in * k, dtype=torch.bool, device=device)], dim=1)
         if best_first:  # the best unexpanded candidates anywhere in the pool (same count in every row)
-            scores_now = torch.cat(pool_scores, 1).masked_fill(expanded, float("-inf"))
-            frontier = scores_now.topk(min(top_k, int((~expanded[0]).sum()))).indices
-            frontier_feat = take(torch.cat(pool_feats, 1), frontier)
+            order = rank_desc(~expanded, pool.cat("principal"), pool.cat("scores"))
+            frontier = order[:, : min(k, int((~expanded[0]).sum()))]
+            frontier_feat = take(pool.cat("feats"), frontier)
         else:  # EAGLE-2: the best children of this round
-            best = cum.reshape(bsz, -1).topk(min(top_k, k_in * top_k)).indices
+            best = rank_desc(principal.reshape(bsz, -1), cum.reshape(bsz, -1))[:, : min(k, k_in * k)]
             frontier = pool_size + best
-            frontier_feat = take(out, best // top_k)
-        pool_size += k_in * top_k
+            frontier_feat = take(out, best // k)
+        pool_size += k_in * k
 
-    all_scores = torch.cat(pool_scores, 1)
-    keep = all_scores.topk(min(total_tokens, pool_size)).indices  # [B, n]
-    all_depths = torch.cat(pool_depths, 1)
+    scores, principal, all_depths = pool.cat("scores"), pool.cat("principal"), pool.cat("depths")
+    keep = rank_desc(principal, scores)[:, : min(total_tokens, pool_size)]  # [B, n], ancestor-closed
     # Parents before children: order by (depth, pool index).
     keep = keep.gather(1, torch.argsort(all_depths.gather(1, keep) * (pool_size + 1) + keep, dim=1))
     n = keep.shape[1]
     where = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
     where.scatter_(1, keep, torch.arange(1, n + 1, device=device).expand(bsz, n))
-    pp = torch.cat(pool_parents, 1).gather(1, keep)
+    pp = pool.cat("parents").gather(1, keep)
     parents = torch.where(pp >= 0, where.gather(1, pp.clamp_min(0)), torch.zeros_like(pp))
-    assert bool((parents >= 0).all()), "draft tree selection lost an ancestor"
     col = lambda v: torch.full((bsz, 1), v, dtype=torch.long, device=device)  # noqa: E731
-    return DraftTree(
-        tokens=torch.cat([root_token.view(bsz, 1), torch.cat(pool_tokens, 1).gather(1, keep)], dim=1),
+    tree = DraftTree(
+        tokens=torch.cat([root_token.view(bsz, 1), pool.cat("tokens").gather(1, keep)], dim=1),
         parents=torch.cat([col(-1), parents], dim=1),
         depths=torch.cat([col(0), all_depths.gather(1, keep)], dim=1),
+        max_children=k,
     )
-
-
-def greedy_accept(tree: DraftTree, anc: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the accepted path (tree indices, root first): the deepest node whose every ancestor's token is
-    the base's greedy choice at its parent. Siblings hold distinct tokens, so the accepted nodes form one path.
-    base_argmax [B, n+1] → (paths [B, L_max] padded with the last node, lengths [B])."""
-    correct = tree.tokens == base_argmax.gather(1, tree.parents.clamp_min(0))
-    correct[:, 0] = True
-    ok = correct.clone()
-    for _ in range(int(tree.depths.max())):  # ok(node) = correct(node) and ok(parent), one level per round
-        ok = correct & ok.gather(1, tree.parents.clamp_min(0))
-    deepest = torch.where(ok, tree.depths, torch.full_like(tree.depths, -1)).argmax(1)  # [B]
-    on_path = take(anc, deepest[:, None])[:, 0]  # [B, n+1] ancestors-or-self of the deepest node
-    return path_indices(on_path)
-
-
-def path_indices(on_path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool [B, n+1] path membership (tree order = root → deepest) → (indices [B, L_max] padded with each row's
-    last node, lengths [B])."""
-    n = on_path.shape[1]
-    lengths = on_path.sum(1)
-    idx = torch.arange(n, device=on_path.device).expand_as(on_path)
-    order = torch.where(on_path, idx, idx + n).sort(1).values[:, : int(lengths.max())]
-    last = order.gather(1, (lengths - 1)[:, None])
-    return torch.where(order < n, order, last), lengths
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """The distribution the base samples from: softmax(logits / T), restricted to the top-p nucleus."""
-    probs = (logits.float() / temperature).softmax(-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # the most likely token always stays
-        sorted_p = sorted_p.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
-def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recursive rejection sampling over a tree of deterministic candidates (SpecInfer-style multi-draft, with
-    each candidate a point-mass draft): at node u with base distribution p, try u's children in order —
-    accept child x with probability p(x); on rejection set p(x) = 0 and renormalise (the residual
-    norm(max(0, p − δ_x))). If no child is accepted, the next token is sampled from the residual. The emitted
-    tokens are distributed exactly as base sampling, whatever the drafter proposed.
-    Returns (accepted path of tree indices, root first; the sampled next token)."""
-    path, cur = [0], 0
-    while True:
-        p = probs[cur].clone()
-        nxt = None
-        for c in (tree.parents == cur).nonzero(as_tuple=True)[0].tolist():
-            x = tree.tokens[c]
-            if torch.rand((), generator=generator, device=p.device) < p[x]:
-                nxt = c
-                break
-            p[x] = 0.0
-            p = p / p.sum()
-        if nxt is None:
-            token = torch.multinomial(p, 1, generator=generator)[0]
-            return torch.tensor(path, device=probs.device), token
-        path.append(nxt)
-        cur = nxt
+    if sampled:
+        q_of_pool = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
+        rows = torch.arange(1, fed_pool_idx.shape[1] + 1, device=device).expand_as(fed_pool_idx)
+        q_of_pool.scatter_(1, fed_pool_idx, rows)
+        tree.q = torch.cat(q_rows, dim=1)  # [B, 1 + fed, V_draft]; row 0 = the root's
+        tree.q_index = torch.cat([col(0), q_of_pool.gather(1, keep)], dim=1)
+        if getattr(drafter, "reduced_vocab", False):
+            tree.draft_ids = drafter.draft_to_target(torch.arange(tree.q.shape[-1], device=device))
+    return tree

@@ -97,8 +97,10 @@ class AsyncDrafting:
             self._error = e
 
     def _predraft(self, drafter, tree, draft_cache, draft_valid, root_pos, root_feature, tree_params) -> None:
-        depth, top_k, total_tokens, best_first = tree_params
+        depth, top_k, total_tokens, best_first, sampling = tree_params
         dev = draft_valid.device
+        # Sampled trees draw from their own generator: the verifier's coin flips stay independent of the drafts.
+        gen = None if sampling.greedy else torch.Generator(dev).manual_seed(sampling.seed * 7919 + self.stats.steps)
         # Principal path: root → the deepest node (ties: the first, i.e. the best-scored, in tree order).
         node, path = int(tree.depths[0].argmax()), []
         while node > 0:
@@ -136,7 +138,7 @@ class AsyncDrafting:
                            attention_mask=padded_causal_mask(valid[:, -1:], valid[:, :-1], drafter.compute_dtype))
             last_feat = feat[:, -1]
             nxt_tree = expand_tree(drafter, bonus, last_feat, branch, valid, root_pos + j + 1, depth, top_k,
-                                   total_tokens, best_first)
+                                   total_tokens, best_first, sampling, gen)
             crop_cache(branch, valid.shape[1])
             key = tuple(path_tokens[:j].tolist()) + (int(bonus),)
             self._outcomes[key] = (branch, valid, last_feat, nxt_tree)
