@@ -20,6 +20,7 @@ from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import prompt_ids, read_conversations
 from ..utils.io import atomic_write_json
+from .divergence import check_outputs
 from .engine import base_decode_batch, hf_greedy
 from .measure import (PeakMemory, decode_batches, eos_ids, format_table, load_pair, resolve_strategies, strategy_params,
                       summarise, write_acceptance_png)
@@ -69,34 +70,46 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         base_runs = decode_batches(lambda ps: base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling),
                                    prompts, inf.batch_size, "base-only decoding")
     references = [hf_greedy(base, p, inf.max_new_tokens, eos) for p in prompts] if check else None
-    # The base-only loop must itself match transformers' generate, or the comparison means nothing.
-    base_identical = sum(b.tokens == ref for b, ref in zip(base_runs, references)) if check else -1
+    lens = [len(p) for p in prompts]
+    # The base-only loop must itself match transformers' generate, or the comparison means nothing. With the verify
+    # head in float32 the base-only loop (same head) is the reference: generate rounds its logits to the base dtype.
+    base_check = check_outputs(base, [b.tokens for b in base_runs], references, lens, [1], inf.near_tie_ulps) \
+        if check else None
+    spec_refs = [b.tokens for b in base_runs] if base.head_dtype is not None else references
     report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path),
-              "max_new_tokens": inf.max_new_tokens,
+              "max_new_tokens": inf.max_new_tokens, "base_dtype": cfg.base.dtype,
+              "verify_precision": inf.verify_precision,
               "prompts": len(prompts), "batch_size": inf.batch_size, "temperature": inf.temperature,
               "top_p": inf.top_p, "base_peak_memory_mib": base_mem.mib, "memory_kind": base_mem.kind,
               "strategies": []}
-    all_ok = True
+    if base_check is not None:
+        report["base_loop_vs_generate"] = base_check
+    all_ok = base_check is None or base_check["passed"]
     for s in strategies:
         params = strategy_params(cfg, s)
         with PeakMemory(base.device) as mem:
             runs = decode_batches(lambda ps: speculate(ps, inf.max_new_tokens, eos, **params, sampling=sampling),
                                   prompts, inf.batch_size, f"speculative ({s})")
-        identical = sum(r.tokens == ref for r, ref in zip(runs, references)) if check else -1
-        row = summarise(s, params, runs, base_runs, identical, mem)
-        row["base_loop_identical_to_generate"] = base_identical
+        spec_check = check_outputs(base, [r.tokens for r in runs], spec_refs, lens,
+                                   [1, 2, params["depth"] + 1, params["total_tokens"] + 1], inf.near_tie_ulps) \
+            if check else None
+        row = summarise(s, params, runs, base_runs, spec_check["identical"] if check else -1, mem)
+        if check:
+            row.update({k: spec_check[k] for k in ("near_ties", "mismatches", "verdict", "divergences")})
+            row["base_loop_identical_to_generate"] = base_check["identical"]
+            all_ok &= spec_check["passed"]
         if s == "chain" and sampling.greedy:  # the in-training estimate, on the same prompts, for comparison
             row["tau_simulated"] = simulated_chain_tau(base, drafter, base_runs, prompts, params["depth"])
         row.update(speculate.take_stats())
         report["strategies"].append(row)
-        all_ok &= not check or (identical == len(prompts) == base_identical)
     report["lossless"] = all_ok if check else None
     atomic_write_json(out_dir / "report.json", report)
     write_acceptance_png(report["strategies"], out_dir / "acceptance.png",
                          f"{report['drafter']} on {len(prompts)} prompts (batch {inf.batch_size})")
     print_report(report)
     if check and not all_ok:
-        print("inference: LOSSLESS CHECK FAILED — speculative output differs from base greedy output", file=sys.stderr)
+        print("inference: LOSSLESS CHECK FAILED — speculative output differs from the base's greedy output where "
+              "the base's choice is not a near-tie (see report.json: divergences)", file=sys.stderr)
         raise SystemExit(1)
     return report
 
@@ -107,8 +120,12 @@ def print_report(report: dict) -> None:
           f"{report['max_new_tokens']} new tokens max (base {report['base']}, drafter {report['drafter']})")
     print(format_table(report["strategies"]))
     if report["lossless"] is not None:
-        print(f"lossless check (token-identical to transformers greedy generate): "
-              f"{'PASS' if report['lossless'] else 'FAIL'}")
+        base_check = report["base_loop_vs_generate"]
+        print(f"base-only loop vs transformers greedy generate: {base_check['verdict']}")
+        for r in report["strategies"]:
+            print(f"lossless check, {r['strategy']}: {r['verdict']}")
+        print(f"lossless check: {'PASS' if report['lossless'] else 'FAIL'} (a near-tie: the base's two best logits "
+              f"within rounding of its dtype, {report['base_dtype']})")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,11 @@ def load_pair(cfg: RunConfig):
         raise ConfigError(f"inference: {e}") from None
     from ..plugins import build_speculator
 
+    if inf.verify_precision not in ("model", "float32"):
+        raise ConfigError(f"inference.verify_precision: expected model or float32, got {inf.verify_precision!r}")
     base = load_base(cfg.base)
+    if inf.verify_precision == "float32":
+        base.head_dtype = torch.float32
     return base, build_speculator(cfg, base), sampling
 
 

@@ -92,6 +92,9 @@ class FrozenBase:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
+    # inference.verify_precision: the final norm and lm_head of every decode/verify forward in this dtype (float32
+    # over a bf16/fp16 base); None = the model's own dtype, exactly as HF computes them.
+    head_dtype: torch.dtype | None = None
 
     @property
     def config(self):
@@ -127,6 +130,8 @@ class FrozenBase:
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, feature_layers=None):
         """One base forward → (features, logits). Features: the last hidden state after the final norm, or with
         `feature_layers` the outputs of those decoder blocks concatenated on the feature axis (EAGLE-3)."""
+        if self.head_dtype is not None and self.head_dtype != self.dtype:
+            return self._forward_precise_head(input_ids, attention_mask, position_ids, past_key_values, feature_layers)
         with self._capturing(feature_layers or ()) as captured:
             out = self.model(
                 input_ids=input_ids,
@@ -139,6 +144,37 @@ class FrozenBase:
         if feature_layers:
             return torch.cat([captured[k] for k in feature_layers], dim=-1), out.logits
         return out.hidden_states[-1], out.logits
+
+    def _forward_precise_head(self, input_ids, attention_mask, position_ids, past_key_values, feature_layers):
+        """`forward` with the final norm and lm_head recomputed in head_dtype from the decoder's pre-norm output
+        (the blocks still run in the model's dtype). Features stay what the drafter was trained on."""
+        blocks, norm = decoder_parts(self.model)
+        if norm is None:
+            raise ConfigError("inference.verify_precision: this base has no final norm module to recompute")
+        if getattr(self, "_precise_head", None) is None:  # fp32 copies, made once
+            import copy
+
+            head = self.lm_head
+            object.__setattr__(self, "_precise_head", (copy.deepcopy(norm).to(self.head_dtype),
+                                                       head.weight.to(self.head_dtype),
+                                                       None if head.bias is None else head.bias.to(self.head_dtype)))
+        norm_hi, weight, bias = self._precise_head
+        pre_norm = {}
+        hook = norm.register_forward_pre_hook(lambda module, args: pre_norm.__setitem__("x", args[0]))
+        try:
+            with self._capturing(feature_layers or ()) as captured:
+                out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                               position_ids=position_ids, past_key_values=past_key_values,
+                                               use_cache=past_key_values is not None)
+        finally:
+            hook.remove()
+        logits = torch.nn.functional.linear(norm_hi(pre_norm["x"].to(self.head_dtype)), weight, bias)
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:  # Gemma-2 style soft-capping, as the model's own head applies it
+            logits = torch.tanh(logits / cap) * cap
+        if feature_layers:
+            return torch.cat([captured[k] for k in feature_layers], dim=-1), logits
+        return out.last_hidden_state, logits
 
     @contextlib.contextmanager
     def _capturing(self, layer_ids):
