@@ -25,4 +25,5 @@ def test_reads_openai_sharegpt_mtbench_and_prompts_and_reports_skips(tmp_path):
     assert len(convs) == 5 and report.read == 5
     assert report.skipped["lines that are not JSON"] == 1
     assert report.skipped["turns with unknown roles"] == 1
-    assert sum(report.skipped.values()) == 4  # + one empty turn, + one row of no known form
+    assert report.skipped["rows with no non-empty turn"] == 1  # the row whose only turn is empty is counted too
+    assert sum(report.skipped.values()) == 5  # + one empty turn, + one row of no known form

@@ -9,6 +9,7 @@ Accepted JSONL rows (JSON arrays of rows work too):
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from pathlib import Path
 import torch
 
 from ..config.schema import ConfigError
+from ..utils.io import read_text
 
+log = logging.getLogger(__name__)
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "system": "system"}
@@ -33,24 +36,44 @@ class ReadReport:
         return f"{self.read} conversations read; skipped: {skipped}"
 
 
+def _turns(value, where: str, key: str, item: str) -> list:
+    """A row's list field, or one clear error naming the file, line and field."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: field {key!r} must be a list of {item}, got {_kind(value)}")
+    return value
+
+
+def _kind(value) -> str:
+    return "null" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
+
+
 def _normalise(row, where: str, report: ReadReport) -> list[dict] | None:
+    """One row → its turns as {role, content} messages (None: dropped, and counted). A row of a known form whose
+    fields have the wrong types is a malformed file: one error naming the file, line and field."""
     if isinstance(row, str):
-        return [{"role": "user", "content": row}]
+        return [{"role": "user", "content": row}] if row else None
     if not isinstance(row, dict):
         report.skipped["rows that are not objects"] += 1
         return None
     if "messages" in row:
-        msgs = [{"role": m.get("role"), "content": m.get("content")} for m in row["messages"] if isinstance(m, dict)]
+        msgs = []
+        for m in _turns(row["messages"], where, "messages", "{role, content} objects"):
+            if not isinstance(m, dict):
+                raise ConfigError(f"{where}: each of 'messages' must be a {{role, content}} object, got {_kind(m)}")
+            msgs.append({"role": m.get("role"), "content": m.get("content")})
     elif "conversations" in row:
         msgs = []
-        for m in row["conversations"]:
-            role = SHAREGPT_ROLES.get(str(m.get("from", "")).lower()) if isinstance(m, dict) else None
+        for m in _turns(row["conversations"], where, "conversations", "{from, value} objects"):
+            if not isinstance(m, dict):
+                raise ConfigError(f"{where}: each of 'conversations' must be a {{from, value}} object, got {_kind(m)}")
+            role = SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
             if role is None:
                 report.skipped["turns with unknown roles"] += 1
                 continue
             msgs.append({"role": role, "content": m.get("value")})
     elif "turns" in row:
-        msgs = [{"role": "user", "content": row["turns"][0]}] if row["turns"] else []
+        turns = _turns(row["turns"], where, "turns", "user-turn strings")
+        msgs = [{"role": "user", "content": turns[0]}] if turns else []
     elif "prompt" in row:  # HumanEval-style
         msgs = [{"role": "user", "content": row["prompt"]}]
     elif "question" in row:  # GSM8K-style {"question", "answer"}: the question is the prompt
@@ -58,19 +81,30 @@ def _normalise(row, where: str, report: ReadReport) -> list[dict] | None:
     else:
         report.skipped["rows without messages/conversations/turns/prompt/question"] += 1
         return None
-    good = [m for m in msgs if m["role"] in ("user", "assistant", "system")
-            and isinstance(m["content"], str) and m["content"] != ""]
+    for m in msgs:
+        if m["content"] is not None and not isinstance(m["content"], str):
+            raise ConfigError(f"{where}: a turn's content must be a string, got {_kind(m['content'])}")
+    good = [m for m in msgs if m["role"] in ("user", "assistant", "system") and m["content"]]
     if len(good) < len(msgs):
         report.skipped["empty or unknown-role turns"] += len(msgs) - len(good)
+    if not good:
+        report.skipped["rows with no non-empty turn"] += 1
     return good or None
 
 
+def normalise_row(row, where: str) -> list[dict] | None:
+    """One row of any accepted form → its {role, content} turns (None: nothing usable)."""
+    return _normalise(row, where, ReadReport())
+
+
 def read_conversations(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], ReadReport]:
+    """Every conversation of a JSONL file (or a JSON array; gzip-compressed when the name ends in .gz), with the
+    rows it dropped counted by reason."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"conversation file {path} does not exist")
     report = ReadReport()
-    text = path.read_text()
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             rows = [(f"{path}[{i}]", r) for i, r in enumerate(json.loads(text))]
@@ -110,7 +144,8 @@ def assistant_char_spans(tokenizer, messages: list[dict], text: str) -> list[tup
     """Character spans of the assistant turns in the rendered `text`, found in order.
 
     Each turn's content (or its stripped content, or the part after `</think>` for templates that drop
-    reasoning from the history) is located after the previous turn, and the span is extended over a special token that immediately follows it (<|eot_id|>, <|im_end|>,
+    reasoning from the history) is located after the previous turn, and the span is extended over a special
+    token that immediately follows it (<|eot_id|>, <|im_end|>,
     eos): the drafter must learn to predict the end of a turn. Template text around a turn (role headers,
     an inserted empty <think> block) stays outside the mask. None when a turn cannot be found verbatim.
     """
@@ -180,8 +215,10 @@ def set_chat_template(tokenizer, path: str | None) -> None:
     tokenizer.chat_template = Path(path).read_text()
 
 
-def tokenize_all(tokenizer, convs: list[list[dict]], max_length: int, who: str) -> list[tuple[list[int], list[int]]]:
-    """Tokenize and mask every conversation; what is dropped or cut is counted and reported, never fatal."""
+def tokenize_all(tokenizer, convs: list[list[dict]], max_length: int, who: str,
+                 source: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """Tokenize and mask every conversation; what is dropped or cut is counted and reported. No sample left to
+    train on (an empty file, no assistant turn anywhere) is an error naming `source`."""
     samples, no_assistant, unlocated, truncated = [], 0, 0, 0
     for msgs in convs:
         enc = tokenize_conversation(tokenizer, msgs, 1 << 30)
@@ -194,9 +231,13 @@ def tokenize_all(tokenizer, convs: list[list[dict]], max_length: int, who: str) 
             no_assistant += 1
         else:
             samples.append((ids, mask))
-    print(f"{who}: {len(samples)} samples kept; {truncated} truncated to {max_length} tokens, {no_assistant} "
-          f"without assistant tokens (after truncation), {unlocated} whose assistant turns the chat template "
-          f"does not render verbatim")
+    summary = (f"{len(samples)} samples kept; {truncated} truncated to {max_length} tokens, {no_assistant} "
+               f"without assistant tokens (after truncation), {unlocated} whose assistant turns the chat template "
+               "does not render verbatim")
+    log.info("%s: %s", who, summary)
+    if not samples:
+        raise ConfigError(f"{source or who}: no conversation with an assistant turn to train on ({len(convs)} "
+                          f"conversations read; {summary})")
     return samples
 
 

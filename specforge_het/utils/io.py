@@ -1,12 +1,19 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename — a killed run never leaves half a file."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -19,6 +26,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,3 +53,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_text(path: str | Path) -> str:
+    """A text file (gzip-compressed when it ends in .gz) as UTF-8, with one clear error naming the file and line."""
+    from ..config.errors import ConfigError  # (config imports this module)
+
+    path = Path(path)
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:  # a missing file, or a broken gzip stream
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          "re-encode the file as UTF-8") from None
