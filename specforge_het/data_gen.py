@@ -11,6 +11,7 @@ Rerunning the same command after an interruption resumes at the first missing sh
 """
 from __future__ import annotations
 
+import logging
 import json
 import os
 import time
@@ -25,8 +26,10 @@ from .config.schema import ConfigError
 from .data.conversations import read_conversations, set_chat_template, tokenize_all
 from .data.regenerate import regenerate_conversations
 from .data.shards import MANIFEST, ShardWriter, merge_datasets
-from .modeling.base import FrozenBase, load_base, resolve_dtype
-from .utils.io import atomic_write_text
+from .modeling.base import FrozenBase, load_base, resolve_dtype, tokenizer_fingerprint
+from .utils.io import atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -64,7 +67,7 @@ def dump(base: FrozenBase, cfg: RunConfig, samples: list, out_dir: Path, fingerp
     n = cfg.data.shard_size
     chunks = [samples[i: i + n] for i in range(0, len(samples), n)]
     if writer.done_shards:
-        print(f"{desc}: resuming at shard {writer.done_shards} of {len(chunks)}")
+        log.info(f"{desc}: resuming at shard {writer.done_shards} of {len(chunks)}")
     todo = chunks[writer.done_shards:]
     total = sum(len(s[0]) for c in todo for s in c)
     t0 = time.time()
@@ -79,18 +82,42 @@ def dump(base: FrozenBase, cfg: RunConfig, samples: list, out_dir: Path, fingerp
 
 def load_conversations(base: FrozenBase, cfg: RunConfig) -> list[list[dict]]:
     convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
-    print(f"data_gen: {cfg.data.conversations}: {report.summary()}")
+    log.info(f"data_gen: {cfg.data.conversations}: {report.summary()}")
     if cfg.data.regenerate_to:
         out = Path(cfg.data.regenerate_to)
         if out.is_file():  # resumability: a finished regeneration is reused, never redone
             convs, _ = read_conversations(out)
-            print(f"data_gen: reusing regenerated conversations {out}")
+            log.info(f"data_gen: reusing regenerated conversations {out}")
         else:
             convs = regenerate_conversations(base, convs, cfg.data.regen_max_new_tokens, cfg.data.regen_temperature,
                                              batch_size=cfg.data.batch_size, seed=cfg.training.seed)
             atomic_write_text(out, "".join(json.dumps({"messages": c}) + "\n" for c in convs))
-            print(f"data_gen: {len(convs)} regenerated conversations → {out}")
+            log.info(f"data_gen: {len(convs)} regenerated conversations → {out}")
     return convs
+
+
+def file_sha256(path: str | None) -> str | None:
+    return sha256_file(path) if path and Path(path).is_file() else None
+
+
+def base_identity(cfg: RunConfig, base: FrozenBase) -> dict:
+    """What makes a base's hidden states what they are, cheaply: its config file's hash, its tokenizer's
+    fingerprint, and the names and sizes of its weight files (hashing many GB of weights would cost minutes)."""
+    root = Path(cfg.base.model_name_or_path)
+    weights = sorted([p.name, p.stat().st_size] for p in root.glob("*.safetensors")) if root.is_dir() else []
+    return {"config_sha256": file_sha256(root / "config.json"), "weights": weights,
+            "tokenizer": tokenizer_fingerprint(base.tokenizer), "dtype": cfg.base.dtype}
+
+
+def input_fingerprint(cfg: RunConfig, base: FrozenBase, aux_ids: list[int]) -> dict:
+    """Everything the dataset depends on, by content: a conversations file edited in place (or between a kill and
+    the resume) no longer matches the dataset made from it."""
+    d = cfg.data
+    return {"base": base_identity(cfg, base), "conversations_sha256": file_sha256(d.conversations),
+            "regenerate": [d.regen_temperature, d.regen_max_new_tokens] if d.regenerate_to else None,
+            "chat_template_sha256": file_sha256(d.chat_template), "max_length": d.max_length,
+            "max_samples": d.max_samples, "ds_range": d.ds_range, "shard_size": d.shard_size,
+            "hidden_dtype": d.hidden_dtype, "aux_layer_ids": aux_ids}
 
 
 def run(cfg: RunConfig, presets: list[str]) -> Path:
@@ -98,7 +125,7 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     if cfg.data.merge_from:
         manifest = merge_datasets([Path(p) for p in cfg.data.merge_from], out_dir)
         save_resolved_config(cfg, out_dir, "data_gen", presets)
-        print(f"data_gen: merged {len(cfg.data.merge_from)} datasets → {out_dir} "
+        log.info(f"data_gen: merged {len(cfg.data.merge_from)} datasets → {out_dir} "
               f"({manifest['num_samples']} samples, {len(manifest['shards'])} shards)")
         return out_dir
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -112,20 +139,17 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     set_chat_template(base.tokenizer, cfg.data.chat_template)
     if cfg.data.regenerate_to and world > 1:
         raise ConfigError("data.regenerate_to: regenerate in a single process first, then launch the dump")
-    samples = tokenize_all(base.tokenizer, load_conversations(base, cfg), cfg.data.max_length, "data_gen")
+    samples = tokenize_all(base.tokenizer, load_conversations(base, cfg), cfg.data.max_length, "data_gen",
+                           cfg.data.regenerate_to or cfg.data.conversations)
     if cfg.data.ds_range is not None:
         if len(cfg.data.ds_range) != 2 or not cfg.data.ds_range[0] <= cfg.data.ds_range[1]:
             raise ConfigError(f"data.ds_range: expected [a, b] with a <= b, got {cfg.data.ds_range}")
         samples = samples[cfg.data.ds_range[0]: cfg.data.ds_range[1]]
-    fingerprint = {"base": cfg.base.model_name_or_path, "conversations": cfg.data.conversations,
-                   "regenerate_to": cfg.data.regenerate_to, "max_length": cfg.data.max_length,
-                   "max_samples": cfg.data.max_samples, "ds_range": cfg.data.ds_range,
-                   "shard_size": cfg.data.shard_size, "hidden_dtype": cfg.data.hidden_dtype,
-                   "chat_template": cfg.data.chat_template, "aux_layer_ids": aux_ids}
+    fingerprint = input_fingerprint(cfg, base, aux_ids)
     if world == 1:
         save_resolved_config(cfg, out_dir, "data_gen", presets)
         m = dump(base, cfg, samples, out_dir, {**fingerprint, "num_samples": len(samples)}, aux_ids)
-        print(f"data_gen: {m['num_samples']} samples, {m['num_tokens']} tokens in {len(m['shards'])} shards → "
+        log.info(f"data_gen: {m['num_samples']} samples, {m['num_tokens']} tokens in {len(m['shards'])} shards → "
               f"{out_dir} ({m['_tokens_per_s']:.0f} tok/s this run)")
         return out_dir
     # Data-parallel: rank r dumps a contiguous slice into parts/, then rank 0 concatenates the parts in order.
@@ -141,12 +165,12 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     dist.barrier()
     if rank == 0:
         if (out_dir / MANIFEST).is_file():
-            print(f"data_gen: {out_dir} is already merged")
+            log.info(f"data_gen: {out_dir} is already merged")
         else:
             parts = [out_dir / "parts" / f"rank{r:03d}-of-{world:03d}" for r in range(world)]
             m = merge_datasets(parts, out_dir)
             save_resolved_config(cfg, out_dir, "data_gen", presets)
-            print(f"data_gen: {world} ranks → {out_dir} ({m['num_samples']} samples, {len(m['shards'])} shards)")
+            log.info(f"data_gen: {world} ranks → {out_dir} ({m['num_samples']} samples, {len(m['shards'])} shards)")
     dist.barrier()
     dist.destroy_process_group()
     return out_dir

@@ -109,9 +109,8 @@ def test_corrupt_shard_is_named(dataset, tmp_path):
     shutil.copytree(dataset.data.dataset_dir, dst)
     path = dst / shard_name(1)
     path.write_bytes(path.read_bytes()[:-100])
-    ds = HiddenStateDataset(dst)
-    with pytest.raises(ConfigError, match="shard_00001.*corrupt"):
-        ds[16]
+    with pytest.raises(ConfigError, match="shard_00001.*corrupt"):  # found when the dataset is opened
+        HiddenStateDataset(dst)[16]
 
 
 def test_one_training_step_moves_drafter_not_base(dataset, tmp_path):

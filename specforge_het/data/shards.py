@@ -36,11 +36,13 @@ class ShardWriter:
         self.path = self.dir / MANIFEST
         if self.path.is_file():
             manifest = json.loads(self.path.read_text())
-            if manifest.get("fingerprint") != fingerprint:
+            old = manifest.get("fingerprint") or {}
+            if old != fingerprint:
+                changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
                 raise ConfigError(
-                    f"{self.dir} already holds a dataset made with other settings "
-                    f"(manifest fingerprint {manifest.get('fingerprint')} vs now {fingerprint}); "
-                    "choose another data.dataset_dir or delete that folder")
+                    f"{self.dir} already holds a{'n unfinished' if not manifest.get('complete') else ''} dataset made "
+                    f"from other inputs or settings (changed: {', '.join(changed)}); delete that folder to rebuild it, "
+                    "or choose another data.dataset_dir")
             self.manifest = manifest
         else:
             self.manifest = {"format": FORMAT, "format_version": 1, "shard_size": shard_size,
@@ -94,8 +96,36 @@ class HiddenStateDataset(torch.utils.data.Dataset):
             raise ConfigError(f"{self.dir}: dataset is incomplete (data_gen was interrupted); rerun the same "
                               "data_gen command to resume it")
         self.verify = verify
-        self.index = [(k, i) for k, sh in enumerate(self.manifest["shards"]) for i in range(sh["num_samples"])]
         self._open: dict[int, tuple] = {}
+        self._check_counts(mpath)
+        self.index = [(k, i) for k, sh in enumerate(self.manifest["shards"]) for i in range(sh["num_samples"])]
+
+    def _check_counts(self, mpath: Path) -> None:
+        """The manifest against its shards, at open: every listed shard present with the samples and tokens it
+        claims (read from its header, not its data), and the top-level totals equal to their sums — so an edited
+        count or a deleted entry never silently drops samples."""
+        shards = self.manifest.get("shards")
+        if not isinstance(shards, list) or not shards:
+            raise ConfigError(f"{mpath}: field 'shards' must be a non-empty list of shard entries")
+        for k, info in enumerate(shards):
+            path = self.dir / str(info.get("file"))
+            if not path.is_file():
+                raise ConfigError(f"dataset shard {path} (entry {k} of {mpath}) is missing")
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    offsets = f.get_tensor("offsets")
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise ConfigError(f"dataset shard {path} is corrupt or truncated (its header cannot be read: "
+                                  f"{e})") from None
+            if offsets.numel() - 1 != info.get("num_samples") or int(offsets[-1]) != info.get("num_tokens"):
+                raise ConfigError(f"{mpath}: shard entry {k} claims {info.get('num_samples')} samples / "
+                                  f"{info.get('num_tokens')} tokens, but {path.name} holds {offsets.numel() - 1} / "
+                                  f"{int(offsets[-1])}")
+        for key in ("num_samples", "num_tokens"):
+            total = sum(info[key] for info in shards)
+            if self.manifest.get(key) != total:
+                raise ConfigError(f"{mpath}: field {key!r} is {self.manifest.get(key)}, but its shards hold {total} "
+                                  "(edited or truncated manifest); rerun data_gen into an empty folder")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -107,7 +137,8 @@ class HiddenStateDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise ConfigError(f"dataset shard {path} is missing")
             if self.verify and sha256_file(path) != info["sha256"]:
-                raise ConfigError(f"dataset shard {path} is corrupt or truncated (sha256 differs from {self.dir / MANIFEST})")
+                raise ConfigError(f"dataset shard {path} is corrupt or truncated (sha256 differs from "
+                                  f"{self.dir / MANIFEST})")
             try:
                 f = safe_open(str(path), framework="pt")
                 offsets = f.get_tensor("offsets")
