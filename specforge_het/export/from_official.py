@@ -2,7 +2,8 @@
 
 EAGLE-1/2 (yuhuili layout): `config.json` (a Llama config) + `fc.weight` [H, 2H], `fc.bias`, `layers.N.*` (no input
 norm on layer 0), optional `embed_tokens.weight` (dropped: our EAGLE-1/2 drafters share the base's).
-EAGLE-3: `midlayer.*`, `fc.weight` [H, k·T], `norm.weight`, `lm_head.weight`, optional `d2t`/`t2d`/`embed_tokens.weight`;
+EAGLE-3: `midlayer.*`, `fc.weight` [H, k·T], `norm.weight`, `lm_head.weight`, optional `d2t`/`t2d`/
+`embed_tokens.weight`;
 feature layers from `eagle_config.eagle_aux_hidden_state_layer_ids` (or `export.feature_layers`).
 Weights from `model.safetensors` or `pytorch_model.bin` (read with `torch.load(weights_only=True)`: tensors only).
 """
@@ -13,16 +14,15 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
 
 from ..config.schema import ConfigError
 from ..modeling.draft_config import hf_config_from_dict
-from ..modeling.drafter_base import load_checked_state
+from ..modeling.drafter_base import load_checked_state, read_safetensors
 
 
 def read_weights(path: Path) -> dict:
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return read_safetensors(path / "model.safetensors")
     for name in ("pytorch_model.bin", "model.bin"):
         if (path / name).is_file():
             try:
@@ -39,7 +39,8 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{path}: neither our drafter format (drafter_config.json) nor an EAGLE checkpoint (config.json)")
+        raise ConfigError(f"{path}: neither our drafter format (drafter_config.json) nor an EAGLE checkpoint "
+                          "(config.json)")
     cfg = json.loads((path / "config.json").read_text())
     cfg.setdefault("model_type", "llama")
     for key in ("torch_dtype", "dtype"):  # weights load into float32 modules; cast later with export.dtype

@@ -237,9 +237,16 @@ def load_base(section: BaseSection, device: torch.device | None = None) -> Froze
     check_model_path(section.model_name_or_path, "base.model_name_or_path")
     dtype = resolve_dtype(section.dtype, "base.dtype")
     device = device or resolve_device(section.device)
-    tokenizer = AutoTokenizer.from_pretrained(section.model_name_or_path, trust_remote_code=section.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        section.model_name_or_path, dtype=dtype, trust_remote_code=section.trust_remote_code
-    )
+    path = section.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    except Exception as e:  # tokenizers / transformers raise many types for a broken tokenizer file
+        raise ConfigError(f"base.model_name_or_path {path}: its tokenizer cannot be loaded "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code)
+    except Exception as e:  # a corrupt weight file, an unknown architecture, a missing shard
+        raise ConfigError(f"base.model_name_or_path {path}: the model cannot be loaded "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     model.to(device)
     return FrozenBase(model=freeze(model), tokenizer=tokenizer, device=device, dtype=dtype)

@@ -84,7 +84,9 @@ def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> Classi
     lm = None
     if modeling.draft_model_path:
         check_model_path(modeling.draft_model_path, "modeling.draft_model_path")
-        lm = AutoModelForCausalLM.from_pretrained(modeling.draft_model_path, dtype=base.dtype)
+        # fp32 master weights whatever the base's dtype: the optimizer must not step bf16 parameters (autocast
+        # takes care of the compute dtype).
+        lm = AutoModelForCausalLM.from_pretrained(modeling.draft_model_path, dtype=torch.float32)
         cfg = lm.config
         meta["draft_model_path"] = modeling.draft_model_path
     else:

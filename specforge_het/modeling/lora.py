@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
 from ..utils.io import atomic_write
+from .drafter_base import read_safetensors
 
 ADAPTERS_NAME = "lora_adapters.safetensors"
 _A, _B, _W0 = ".lora_A.default.", ".lora_B.default.", ".base_layer."
@@ -117,7 +118,7 @@ def resume_state(drafter, folder: Path, merged: dict) -> dict:
     if not path.is_file():
         raise ConfigError(f"{folder}: no {ADAPTERS_NAME}: this checkpoint was not trained with LoRA adapters; "
                           "resume it without modeling.lora_rank, or start a new training.output_dir")
-    adapters, own = load_file(str(path)), drafter.state_dict()
+    adapters, own = read_safetensors(path), drafter.state_dict()
     state = {}
     for k, v in own.items():
         if _W0 in k:

@@ -12,15 +12,19 @@ Saved as router.safetensors + router.json (no pickle).
 """
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
+from ..modeling.drafter_base import read_safetensors
 from ..utils.io import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = "router.safetensors", "router.json"
 
@@ -88,14 +92,15 @@ def load_router(path: str, base, drafters: list[str]) -> Router:
     if [str(d) for d in drafters] != saved:
         raise ConfigError(f"{folder / CONFIG}: the router was trained for drafters {saved}, but "
                           f"plugins.router_drafters is {list(drafters)}")
-    params = load_file(str(folder / WEIGHTS))
+    params = read_safetensors(folder / WEIGHTS)
     if params["weight"].shape[0] != base.hidden_size + 1:
         raise ConfigError(f"{folder / WEIGHTS}: trained on features of width {params['weight'].shape[0] - 1}, but "
                           f"this base's hidden size is {base.hidden_size}")
     return Router(base, params, saved)
 
 
-def record_tau(base, drafters: list, prompts: list[list[int]], max_new: int, eos: set[int], params: dict) -> torch.Tensor:
+def record_tau(base, drafters: list, prompts: list[list[int]], max_new: int, eos: set[int],
+               params: dict) -> torch.Tensor:
     """τ (tokens per verify step) of every drafter on every prompt → [N, K]."""
     from tqdm import tqdm
 
@@ -153,11 +158,12 @@ def run(cfg, presets: list[str]) -> dict:
                          cfg.inference.max_new_tokens, eos_ids(base), strategy_params(cfg, "chain"))
     router.save(out)
     atomic_write_json(out / "report.json", report)
-    print(f"router: trained on {report['train_prompts']} prompts (best drafter counts {report['train_best_counts']}); "
+    log.info(f"router: trained on {report['train_prompts']} prompts "
+             f"(best drafter counts {report['train_best_counts']}); "
           f"on {report['eval_prompts']} held-out prompts, chain τ:")
     for name, tau in report["tau_single"].items():
-        print(f"  {tau:5.2f}  {name}")
-    print(f"  {report['tau_routed']:5.2f}  routed (choices {report['routed_counts']})\n"
+        log.info(f"  {tau:5.2f}  {name}")
+    log.info(f"  {report['tau_routed']:5.2f}  routed (choices {report['routed_counts']})\n"
           f"  {report['tau_oracle']:5.2f}  oracle (best drafter per prompt)\nrouter → {out}")
     return report
 
