@@ -34,12 +34,29 @@ def evaluate_drafter(drafter, batches, loss_fn, algorithm_cfg, depth: int, base=
         accepted += a
         eligible += e
     drafter.train(was_training)
+    sums, n_batches, accepted, eligible = _summed_over_processes(sums, n_batches, accepted, eligible,
+                                                                 next(drafter.parameters()).device)
     out = {f"eval_{k}": v / max(n_batches, 1) for k, v in sums.items()}
     tau, reach = simulated_tau(accepted, eligible)
     out.update({f"eval_accept_d{i + 1}": r for i, r in enumerate(reach)})  # P(≥ i+1 draft tokens accepted)
     out["eval_tau_sim"] = tau
     out["eval_positions"] = int(eligible[0])
     return out
+
+
+def _summed_over_processes(sums: dict, n_batches: int, accepted, eligible, device):
+    """Under multi-process training each rank evaluates its own shard of the held-out split: the metrics are the
+    sums over every rank (all-reduce), not rank 0's shard alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sums, n_batches, accepted, eligible
+    keys = sorted(sums)
+    vec = torch.tensor([sums[k] for k in keys] + [float(n_batches)], dtype=torch.float64, device=device)
+    counts = torch.stack([accepted, eligible]).to(device)
+    dist.all_reduce(vec)
+    dist.all_reduce(counts)
+    return dict(zip(keys, vec[:-1].tolist())), int(vec[-1]), counts[0].cpu(), counts[1].cpu()
 
 
 def write_eval_report(history: list[dict], out_dir: Path, depth: int) -> None:

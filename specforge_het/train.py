@@ -8,6 +8,7 @@ unregistered, so the optimizer and checkpoints never see them.
 """
 from __future__ import annotations
 
+import logging
 import copy
 import importlib.util
 import json
@@ -18,7 +19,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
@@ -30,10 +30,12 @@ from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
-from .modeling.drafter_base import DrafterBase, load_checked_state
+from .modeling.drafter_base import DrafterBase, load_checked_state, read_drafter_config, read_safetensors
 from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
 from .modeling.vocab import target_token_counts, top_tokens
-from .utils.io import atomic_write_text
+from .utils.io import atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 class DrafterWithLoss(torch.nn.Module):
@@ -103,7 +105,7 @@ class DrafterTrainer(Trainer):
             self._metric_sums.clear()
             self._metric_count = 0
             now = time.perf_counter()
-            # Tokens (padding included) per second per process since the last log, the figure training speed is quoted in.
+            # Tokens (padding included) per second per process since the last log: how training speed is quoted.
             logs["tokens_per_s"] = round(self._tokens / max(now - self._tokens_since, 1e-9), 1)
             self._tokens, self._tokens_since = 0, now
         super().log(logs, start_time)
@@ -124,10 +126,29 @@ class DrafterTrainer(Trainer):
         weights = Path(resume_from_checkpoint) / "model.safetensors"
         if not weights.is_file():
             raise ConfigError(f"{resume_from_checkpoint}: no drafter weights (model.safetensors) to resume from")
-        state = load_file(str(weights))
+        check_same_drafter(self.drafter, Path(resume_from_checkpoint))
+        state = read_safetensors(weights, read_drafter_config(Path(resume_from_checkpoint)).get("weights_sha256"))
         if has_adapters(self.drafter.state_dict()):
             state = resume_state(self.drafter, Path(resume_from_checkpoint), state)
         load_checked_state(self.drafter, state, weights)
+
+
+# Fields of drafter_config.json that say what was trained; a run resumes only a checkpoint that agrees on all of them.
+IDENTITY_FIELDS = ("architecture", "algorithm", "base_hidden_size", "base_vocab_size", "own_embedding", "own_lm_head",
+                   "draft_vocab_size", "feature_layers", "first_layer_input_norm", "draft_config")
+VOLATILE_DRAFT_FIELDS = ("transformers_version", "_attn_implementation_autoset", "dtype", "torch_dtype")
+
+
+def check_same_drafter(drafter: DrafterBase, checkpoint: Path) -> None:
+    """Refuse to resume a checkpoint of another drafter (algorithm, shapes, layers, vocabulary): the weights might
+    even fit, but the run would silently continue a different model."""
+    saved, now = read_drafter_config(checkpoint), json.loads(json.dumps(drafter.config_dict()))  # as stored
+    for cfg in (saved, now):
+        cfg["draft_config"] = {k: v for k, v in cfg.get("draft_config", {}).items() if k not in VOLATILE_DRAFT_FIELDS}
+    changed = [k for k in IDENTITY_FIELDS if saved.get(k) != now.get(k)]
+    if changed:
+        raise ConfigError(f"{checkpoint} was made with another drafter config ({', '.join(changed)} differ); resume "
+                          "with the settings it was trained with, or choose another training.output_dir to start over")
 
 
 class LossProgress(ProgressCallback):
@@ -214,7 +235,8 @@ def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0) -> T
 
 
 def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> DrafterBase:
-    """The drafter the algorithm and modeling sections describe; a reduced draft vocabulary is counted from `dataset`."""
+    """The drafter the algorithm and modeling sections describe; a reduced draft vocabulary is counted from
+    `dataset`."""
     m = cfg.modeling
     for key, value in (("embedding", m.embedding), ("lm_head", m.lm_head)):
         if value not in ("shared", "own"):
@@ -224,7 +246,7 @@ def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> Dra
         if dataset is None:
             raise ConfigError("modeling.draft_vocab_size needs a training dataset to count target tokens in")
         used, coverage = top_tokens(target_token_counts(dataset, base.vocab_size), m.draft_vocab_size)
-        print(f"train: draft vocabulary {used.numel()} of {base.vocab_size} tokens covers {coverage:.1%} of the "
+        log.info(f"train: draft vocabulary {used.numel()} of {base.vocab_size} tokens covers {coverage:.1%} of the "
               "loss-masked target tokens")
         draft_vocab = used
     meta = {"algorithm": cfg.algorithm.name, "base_model_name_or_path": cfg.base.model_name_or_path}
@@ -237,12 +259,12 @@ def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> Dra
     if m.init_from_base_layer is not None:
         skipped = init_from_base_layers(drafter, base, m.init_from_base_layer)
         drafter.meta["init_from_base_layer"] = m.init_from_base_layer
-        print(f"train: draft layers start from base block {m.init_from_base_layer}"
+        log.info(f"train: draft layers start from base block {m.init_from_base_layer}"
               + (f" (kept fresh, no matching base weight: {', '.join(skipped)})" if skipped else ""))
     if m.lora_rank:
         add_lora(drafter, m.lora_rank, m.lora_alpha, m.lora_targets, skipped)
         trainable = sum(p.numel() for p in drafter.parameters() if p.requires_grad)
-        print(f"train: LoRA rank {m.lora_rank} on {', '.join(m.lora_targets)}; {trainable:,} trainable of "
+        log.info(f"train: LoRA rank {m.lora_rank} on {', '.join(m.lora_targets)}; {trainable:,} trainable of "
               f"{sum(p.numel() for p in drafter.parameters()):,} drafter parameters")
     return drafter
 
@@ -269,8 +291,9 @@ def training_dataset(cfg: RunConfig, base: FrozenBase):
     if cfg.data.mode == "online":
         set_chat_template(base.tokenizer, cfg.data.chat_template)
         convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
-        print(f"train (online): {cfg.data.conversations}: {report.summary()}")
-        return TokenizedConversations(tokenize_all(base.tokenizer, convs, cfg.data.max_length, "train (online)"))
+        log.info(f"train (online): {cfg.data.conversations}: {report.summary()}")
+        return TokenizedConversations(tokenize_all(base.tokenizer, convs, cfg.data.max_length, "train (online)",
+                                                   cfg.data.conversations))
     if cfg.data.mode != "offline":
         raise ConfigError(f"data.mode: expected offline or online, got {cfg.data.mode!r}")
     readers = {"specforge_het": HiddenStateDataset, "eagle_pt": EaglePtDataset}
@@ -283,17 +306,45 @@ def training_dataset(cfg: RunConfig, base: FrozenBase):
     return dataset
 
 
+def checkpoint_is_complete(ckpt: Path) -> bool:
+    """trainer_state.json is written last and must parse; the drafter weights must match their recorded hash."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+        weights_sha = read_drafter_config(ckpt).get("weights_sha256")
+    except (OSError, ValueError, ConfigError):  # missing or truncated files
+        return False
+    return weights_sha is None or sha256_file(ckpt / "model.safetensors") == weights_sha
+
+
+def check_weights_only(ckpt: Path) -> None:
+    """The Trainer's own states in a checkpoint (optimizer, scheduler, RNG) are torch pickles, read with
+    weights_only=True; one that holds anything else is refused here, by name, instead of by a traceback mid-resume."""
+    import pickle
+
+    from transformers.trainer_pt_utils import safe_globals  # the numpy RNG types the Trainer itself allows
+
+    for path in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+            raise ConfigError(f"{path}: refused — not a weights-only torch file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]}); delete {ckpt.name} to resume from an earlier "
+                              "checkpoint, or choose another training.output_dir") from None
+
+
 def last_complete_checkpoint(out_dir: Path) -> Path | None:
     """The newest checkpoint-N folder that was written to the end. The Trainer writes trainer_state.json last, so a
-    folder without it is what a kill during a save leaves: it is removed (the step is saved again on the way)."""
+    folder without it (or with it truncated, or with damaged weights) is what a kill during a save leaves: it is
+    removed, and training resumes from the previous complete one (the step is saved again on the way)."""
     complete = []
     for ckpt in out_dir.glob("checkpoint-*"):
         if not ckpt.name.split("-", 1)[1].isdigit():
             continue
-        if (ckpt / "trainer_state.json").is_file():
+        if checkpoint_is_complete(ckpt):
             complete.append(ckpt)
         elif int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            print(f"train: {ckpt} is incomplete (killed while saving?); removing it")
+            log.info(f"train: {ckpt} is incomplete or damaged (killed while saving?); removing it")
             shutil.rmtree(ckpt, ignore_errors=True)
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
@@ -323,22 +374,23 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     trainer.add_callback(LossProgress)
     if trainer.is_deepspeed_enabled and trainer.args.should_save:
         stage = trainer.args.hf_deepspeed_config.config["zero_optimization"]["stage"]
-        print(f"train: DeepSpeed ZeRO-{stage} over {trainer.args.world_size} processes")
+        log.info(f"train: DeepSpeed ZeRO-{stage} over {trainer.args.world_size} processes")
     last_ckpt = last_complete_checkpoint(out_dir)
     if last_ckpt:
-        print(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")
+        check_weights_only(last_ckpt)
+        log.info(f"train: resuming from {last_ckpt} (delete it or choose another training.output_dir to start over)")
     trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
     trainer.save_model(str(out_dir))
     if eval_set is not None:
         final = trainer.evaluate()
-        print(f"train: held-out simulated τ (chain depth {cfg.training.eval_depth}) {final['eval_tau_sim']:.2f}, "
+        log.info(f"train: held-out simulated τ (chain depth {cfg.training.eval_depth}) {final['eval_tau_sim']:.2f}, "
               f"acceptance per position " + " ".join(f"{final[f'eval_accept_d{i}']:.2f}"
                                                       for i in range(1, cfg.training.eval_depth + 1)))
     history = [h for h in trainer.state.log_history if "loss" in h]
     atomic_write_text(out_dir / "train_log.json", json.dumps(trainer.state.log_history, indent=1))
     if history:
         first, last = history[0], history[-1]
-        print(f"train: loss {first['loss']:.4f} → {last['loss']:.4f}, top-1 acc {first.get('acc', 0):.3f} → "
+        log.info(f"train: loss {first['loss']:.4f} → {last['loss']:.4f}, top-1 acc {first.get('acc', 0):.3f} → "
               f"{last.get('acc', 0):.3f} over {trainer.state.global_step} steps; drafter → {out_dir}")
     return out_dir
 

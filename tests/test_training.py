@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from specforge_het import data_gen
 from specforge_het.config import ConfigError
 from specforge_het.config.cli import save_resolved_config
+from specforge_het.config.schema import AlgorithmSection, BaseSection
 from specforge_het.data.shards import HiddenStateDataset
+from specforge_het.modeling.base import load_base
 from specforge_het.train import deepspeed_flags, precision_flags, reporters
 
 from conftest import make_cfg
@@ -176,3 +178,84 @@ def test_wandb_offline_logging(saved_config, tmp_path):
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
     for key in (b"train/loss", b"train/acc", b"train/vloss", b"train/tokens_per_s"):
         assert records.count(key) >= 2, key  # logged at step 1 and step 4
+
+
+def short_run(saved_config, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = train_cmd(saved_config, out) + ["--training.max_steps", "8", "--training.save_steps", "4", *extra]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(saved_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpts") / "run"
+    proc = short_run(saved_config, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "checkpoint-4").is_dir() and (out / "checkpoint-8").is_dir()
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_trainer_state_falls_back_to_the_previous_checkpoint(saved_config, two_checkpoints, tmp_path):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    state = out / "checkpoint-8" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # a crash while it was written
+    proc = short_run(saved_config, out, "--training.max_steps", "12")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "checkpoint-8 is incomplete or damaged" in proc.stdout and "resuming from" in proc.stdout
+    assert "checkpoint-4" in proc.stdout.split("resuming from", 1)[1].splitlines()[0]
+    assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
+
+
+def test_resume_refuses_a_checkpoint_of_another_drafter(saved_config, two_checkpoints, tmp_path):
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    proc = short_run(saved_config, out, "--modeling.draft_layers", "2")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert "was made with another drafter config (draft_config differ)" in err[-1]
+
+
+def test_a_pickle_weights_only_refuses_is_one_line(saved_config, two_checkpoints, tmp_path):
+    import pickle
+
+    out = copy_run(two_checkpoints, tmp_path / "run")
+    (out / "checkpoint-8" / "rng_state.pth").write_bytes(pickle.dumps(os.system))  # code, not tensors
+    proc = short_run(saved_config, out, "--training.max_steps", "12")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "rng_state.pth: refused — not a weights-only torch file" in last and "Traceback" not in proc.stderr
+
+
+def test_eval_metrics_cover_every_process_shard(saved_config, tmp_path):
+    """Two processes each evaluate half of the held-out split; the logged metrics are over both halves."""
+    from specforge_het.algorithms import get_loss
+    from specforge_het.evaluation import evaluate_drafter
+    from specforge_het.modeling.drafter_base import load_drafter
+    from specforge_het.train import split_eval
+
+    out = tmp_path / "ddp_eval"
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m")
+    cmd = train_cmd(saved_config, out, launcher) + ["--training.max_steps", "4", "--training.save_steps", "4",
+                                                    "--training.eval_fraction", "0.17", "--training.eval_steps", "4"]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = json.loads((out / "eval.json").read_text())[-1]
+    cfg = json.loads(saved_config.read_text())["config"]
+    _, held_out = split_eval(HiddenStateDataset(cfg["data"]["dataset_dir"]), 0.17)
+    assert len(held_out) == 8  # two ranks × one batch of 4: no padding repeats
+    base = load_base(BaseSection(model_name_or_path=cfg["base"]["model_name_or_path"]))
+    drafter = load_drafter(out).attach_base(base.embed_tokens, base.lm_head)
+    from torch.utils.data import DataLoader
+
+    from specforge_het.data.shards import collate
+
+    alone = evaluate_drafter(drafter, DataLoader(held_out, batch_size=4, collate_fn=collate), get_loss("eagle2"),
+                             AlgorithmSection(), cfg["training"]["eval_depth"])
+    assert logged["eval_positions"] == alone["eval_positions"]  # rank 0's shard alone would hold about half
+    assert logged["eval_tau_sim"] == pytest.approx(alone["eval_tau_sim"], rel=1e-5)
