@@ -1,7 +1,7 @@
-"""data_gen at scale: chat-template masks, aux layers, split/merge, data-parallel, corruption, EAGLE .pt, online mode."""
+"""data_gen at scale: chat-template masks, aux layers, split/merge, data-parallel, corruption, EAGLE .pt,
+online mode."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,8 +22,9 @@ from specforge_het.modeling.base import load_base
 from conftest import make_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = REPO / "configs" / "chat_templates"
-SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+TEMPLATES = REPO / "specforge_het" / "configs" / "chat_templates"
+SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<think>",
+           "</think>"]
 CONV = [  # reasoning in the last assistant turn: the model generates it, so it is trained on
     {"role": "system", "content": "You write Python."},
     {"role": "user", "content": "Sort a list."},
@@ -62,8 +63,10 @@ def chat_tok(tiny_base):
 
 @pytest.mark.parametrize("template,conv,expected", [
     ("llama3.jinja", CONV, ["Use sorted(xs).<|eot_id|>", "<think>\nlist method\n</think>\n\nCall xs.sort()<|eot_id|>"]),
-    ("chatml.jinja", CONV, ["Use sorted(xs).<|im_end|>", "<think>\nlist method\n</think>\n\nCall xs.sort()  <|im_end|>"]),
-    ("qwen3_style.jinja", CONV, ["Use sorted(xs).<|im_end|>", "<think>\nlist method\n</think>\n\nCall xs.sort()  <|im_end|>"]),
+    ("chatml.jinja", CONV, ["Use sorted(xs).<|im_end|>",
+                            "<think>\nlist method\n</think>\n\nCall xs.sort()  <|im_end|>"]),
+    ("qwen3_style.jinja", CONV, ["Use sorted(xs).<|im_end|>",
+                                 "<think>\nlist method\n</think>\n\nCall xs.sort()  <|im_end|>"]),
     # The history turn loses its reasoning; the last turn gets a template-made empty <think> block, outside the mask.
     ("qwen3_style.jinja", CONV_HISTORY_REASONING, ["Use sorted(xs).<|im_end|>", "Call xs.sort()<|im_end|>"]),
     ("chatml.jinja", CONV_HISTORY_REASONING, ["<think>\nbuiltin\n</think>\n\nUse sorted(xs).<|im_end|>",
@@ -150,7 +153,8 @@ def test_merge_refuses_incompatible_sets(single, tmp_path, tiny_base, tiny_conve
 def test_accelerate_two_processes_equals_single_run(single, tmp_path):
     out = tmp_path / "ddp"
     # --multi_gpu selects accelerate's torchrun launcher; without CUDA the processes talk over gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "specforge_het.data_gen",
            "--base.model_name_or_path", single.base.model_name_or_path,
            "--data.conversations", single.data.conversations, "--data.dataset_dir", str(out),

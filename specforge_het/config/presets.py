@@ -1,4 +1,5 @@
-"""Named presets: YAML files under configs/ (any depth), each a {section: {key: value}} bundle.
+"""Named presets: YAML files under specforge_het/configs/ (any depth; `configs/` at the repository root links
+there), each a {section: {key: value}} bundle. They ship inside the package, so a plain `pip install .` has them.
 
 A preset's name is its file stem, matched exactly (never by substring). A preset may also be
 given as a path to a .yaml/.json file. YAML is read with `yaml.safe_load`: data only, no code.
@@ -20,7 +21,7 @@ PRESET_SUFFIXES = (".yaml", ".yml", ".json")
 def presets_dirs() -> list[Path]:
     """Where presets are looked up: $SPECFORGE_HET_CONFIGS (os.pathsep-separated) then the repo's configs/."""
     dirs = [Path(p) for p in os.environ.get("SPECFORGE_HET_CONFIGS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "configs")
+    dirs.append(Path(__file__).resolve().parents[1] / "configs")
     return [d for d in dirs if d.is_dir()]
 
 
