@@ -14,8 +14,10 @@ from specforge_het.config import RunConfig
 from specforge_het.config.schema import set_key
 from specforge_het.data.stdlib_corpus import function_heads, stdlib_files
 from specforge_het.demo_base import train_tokenizer
+from specforge_het.utils.logs import setup_logging
 
 torch.set_num_threads(2)
+setup_logging()  # what the entry points set up: INFO lines on stdout, which the tests read
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ BASES = {
     "mistral": ("mistral", {}),
     "qwen2": ("qwen2", {}),
     "qwen3": ("qwen3", {"head_dim": 8}),
-    "qwen3_moe": ("qwen3_moe", {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+    "qwen3_moe": ("qwen3_moe", {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2,
+                                "moe_intermediate_size": 32}),
     "gemma2": ("gemma2", {"head_dim": 8, "query_pre_attn_scalar": 8}),
     "gemma3": ("gemma3_text", {"head_dim": 8, "query_pre_attn_scalar": 8}),
     "phi3": ("phi3", {}),
@@ -158,7 +159,8 @@ def test_moe_draft_for_a_dense_base_is_sized_by_active_flops(bases):
     drafter = build_drafter(bases["llama"], family="qwen3_moe")
     c = drafter.hf_config
     assert c.num_experts_per_tok * c.moe_intermediate_size == SHAPE["intermediate_size"]
-    c = build_drafter(bases["llama"], family="qwen3_moe", overrides={"num_experts": 4, "moe_intermediate_size": 16}).hf_config
+    c = build_drafter(bases["llama"], family="qwen3_moe",
+                      overrides={"num_experts": 4, "moe_intermediate_size": 16}).hf_config
     assert (c.num_experts, c.moe_intermediate_size) == (4, 16)
 
 

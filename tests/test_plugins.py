@@ -188,7 +188,8 @@ def test_build_speculator_applies_plugins_from_the_config(tiny_base, tmp_path):
     ref = base_decode(base, [5, 9, 11, 40], 12, {base.tokenizer.eos_token_id}).tokens
     spec = build_speculator(cfg, base)
     try:
-        assert spec.name("unused") == "subspec 4-bit (torch, 1 blocks kept) + offload (1 blocks) + async drafting (3 branches)"
+        assert spec.name("unused") == ("subspec 4-bit (torch, 1 blocks kept) + offload (1 blocks) "
+                                       "+ async drafting (3 branches)")
         out = spec([[5, 9, 11, 40]], 12, {base.tokenizer.eos_token_id}, depth=6, top_k=1, total_tokens=6)
         assert out[0].tokens == ref
         stats = spec.take_stats()

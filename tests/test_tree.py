@@ -53,7 +53,8 @@ def test_greedy_accept_walks_the_matching_path():
 def test_batched_rows_accept_their_own_paths():
     """Three sequences' trees of the same size but different shapes, verified together: each row gets its own
     path and length, padded with its last node."""
-    other = DraftTree(tokens=torch.tensor([[20, 21, 22, 23, 24, 25, 26]]), parents=torch.tensor([[-1, 0, 1, 2, 3, 4, 5]]),
+    other = DraftTree(tokens=torch.tensor([[20, 21, 22, 23, 24, 25, 26]]),
+                      parents=torch.tensor([[-1, 0, 1, 2, 3, 4, 5]]),
                       depths=torch.tensor([[0, 1, 2, 3, 4, 5, 6]]))
     batch = DraftTree(*(torch.cat([getattr(TREE, f), getattr(other, f), getattr(TREE, f)])
                         for f in ("tokens", "parents", "depths")))

@@ -5,6 +5,7 @@ length-sorted batches, and the bytes it writes per token next to 2·H (one bf16 
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..config import RunConfig, run_entry
 from ..data.conversations import read_conversations, set_chat_template, tokenize_all
 from ..data_gen import dump
 from ..modeling.base import load_base
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -60,11 +63,12 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         "bytes_per_token": on_disk / tokens, "two_H": 2 * H, "bytes_ratio": on_disk / tokens / (2 * H),
         "aux_layer_ids": aux, "hidden_dtype": cfg.data.hidden_dtype,
     }
-    print(f"\ndata_gen benchmark: {len(samples)} samples, {tokens} tokens, batch {cfg.data.batch_size}, "
+    log.info(f"\ndata_gen benchmark: {len(samples)} samples, {tokens} tokens, batch {cfg.data.batch_size}, "
           f"device {base.device}, base {cfg.base.model_name_or_path}")
-    print(f"  plain forward (logits) : {report['plain_forward_tok_s']:10.0f} tok/s")
-    print(f"  data_gen (dump+write)  : {report['data_gen_tok_s']:10.0f} tok/s   ratio {report['ratio']:.2f} (goal >= 0.8)")
-    print(f"  on disk                : {report['bytes_per_token']:10.1f} B/token vs 2*H = {2 * H} "
+    log.info(f"  plain forward (logits) : {report['plain_forward_tok_s']:10.0f} tok/s")
+    log.info(f"  data_gen (dump+write)  : {report['data_gen_tok_s']:10.0f} tok/s   "
+             f"ratio {report['ratio']:.2f} (goal >= 0.8)")
+    log.info(f"  on disk                : {report['bytes_per_token']:10.1f} B/token vs 2*H = {2 * H} "
           f"({report['bytes_ratio']:.3f}x; ids, mask and offsets included, aux layers {aux})")
     return report
 

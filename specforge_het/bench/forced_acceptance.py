@@ -11,6 +11,7 @@ step; τ is fixed by the forced path length, so tokens/s ≈ τ ÷ (iter/base st
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 
@@ -21,6 +22,8 @@ from ..inference.engine import base_decode_batch, speculative_decode_batch
 from ..inference.measure import PeakMemory, format_table, summarise
 from ..modeling.base import FrozenBase, freeze
 from ..modeling.drafter import build_drafter
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = {"chain": dict(depth=5, top_k=1, total_tokens=5),
               "tree": dict(depth=5, top_k=8, total_tokens=32),
@@ -63,7 +66,7 @@ def main(argv=None) -> list[dict]:
     prompts = [torch.randint(10, 128000, (int(n),), generator=g).tolist()
                for n in torch.randint(64, 256, (args.prompts,), generator=g)]
     params_count = sum(p.numel() for p in base.model.parameters())
-    print(f"base: random Llama, {params_count / 1e9:.2f}B parameters, {args.dtype} on {args.device}; "
+    log.info(f"base: random Llama, {params_count / 1e9:.2f}B parameters, {args.dtype} on {args.device}; "
           f"drafter: {sum(p.numel() for p in drafter.parameters()) / 1e6:.0f}M; {len(prompts)} prompts of 64–255 "
           f"tokens, {args.new_tokens} new tokens, forced acceptance")
     rows = []
@@ -81,8 +84,8 @@ def main(argv=None) -> list[dict]:
             row = summarise(name, params, runs, base_runs, -1, mem)
             row["batch_size"] = bs
             table.append(row)
-        print(f"\nbatch {bs}")
-        print(format_table(table))
+        log.info(f"\nbatch {bs}")
+        log.info(format_table(table))
         rows.extend(table)
     if args.json:
         with open(args.json, "w") as f:

@@ -12,6 +12,7 @@ Writes output/bench/plugins.{json,md}.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from ..utils.io import atomic_write_json, atomic_write_text
 
 DEFAULT_DRAFTERS = {"EAGLE-2": "output/demo/drafter", "EAGLE-3": "output/demo/variants/eagle3",
                     "classic draft": "output/demo/variants/classic"}
+
+log = logging.getLogger(__name__)
 OUT = Path("output/bench")
 
 
@@ -77,7 +80,7 @@ def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[d
         if (Path(path) / "drafter_config.json").is_file():
             loaded[name] = load_drafter_for(base, path)
         else:
-            print(f"bench.plugins: skipping {name}: no drafter at {path}", file=sys.stderr)
+            log.error(f"bench.plugins: skipping {name}: no drafter at {path}")
     deep = ("deep tree", {"depth": 32, "top_k": 6, "total_tokens": 96})
     chain32 = ("chain", {"depth": 32, "top_k": 1, "total_tokens": 32})
     keep = p.keep_first_n_layers_on_gpu
@@ -104,7 +107,7 @@ def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[d
     text = (f"Base {cfg.base.model_name_or_path}, {len(prompts)} prompts × ≤ {inf.max_new_tokens} new tokens, batch 1, "
             f"greedy; offloading keeps {keep} block(s) on {base.device}.\n\n" + table(rows))
     atomic_write_text(OUT / "plugins.md", text + "\n")
-    print("\n" + text)
+    log.info("\n" + text)
     if any(r["identical"] != r["prompts"] for r in rows):
         raise SystemExit("bench.plugins: some output differs from base greedy (see the table)")
     return rows

@@ -10,6 +10,7 @@ fp32 weights as in training. Tokens/s counts the sequence tokens trained on per 
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import resource
@@ -18,6 +19,8 @@ import sys
 import time
 
 import torch
+
+log = logging.getLogger(__name__)
 
 RUNS = {"eagle2": {"name": "eagle2"}, "eagle3 (TTT 7)": {"name": "eagle3", "ttt_length": 7}}
 
@@ -79,7 +82,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one algorithm, print JSON
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.base, RUNS[args.one], args.seq, args.steps, args.batch, args.device)))
+        log.info(json.dumps(one(args.base, RUNS[args.one], args.seq, args.steps, args.batch, args.device)))
         return []
     rows = []
     for label in RUNS:
@@ -91,12 +94,12 @@ def main(argv=None) -> list[dict]:
             raise SystemExit(f"bench.train_speed: {label} failed:\n{proc.stderr[-2000:]}")
         rows.append({"algorithm": label, **json.loads(proc.stdout.strip().splitlines()[-1])})
     mem = "CUDA peak allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"\ndrafter training on {args.base}, batch {args.batch} × {args.seq} tokens, {args.device}, "
+    log.info(f"\ndrafter training on {args.base}, batch {args.batch} × {args.seq} tokens, {args.device}, "
           f"{args.steps} timed steps")
-    print(f"| algorithm | trainable | tokens/s | s/step | {mem} MiB | ratio tok/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    log.info(f"| algorithm | trainable | tokens/s | s/step | {mem} MiB | ratio tok/s |")
+    log.info("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['algorithm']} | {r['trainable'] / 1e6:.2f}M | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} "
+        log.info(f"| {r['algorithm']} | {r['trainable'] / 1e6:.2f}M | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} "
               f"| {r['peak_mib']:.0f} | {r['tokens_per_s'] / rows[0]['tokens_per_s']:.2f} |")
     return rows
 

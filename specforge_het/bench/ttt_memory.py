@@ -10,6 +10,7 @@ The slope column is the peak-memory growth per doubling of L: ~2× means linear,
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import resource
@@ -18,6 +19,8 @@ import sys
 import time
 
 import torch
+
+log = logging.getLogger(__name__)
 
 NAIVE = "specforge_ttt_naive"
 
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.one:
         length, impl = args.one.split(",")
-        print(json.dumps(one_step(int(length), impl, args.ttt)))
+        log.info(json.dumps(one_step(int(length), impl, args.ttt)))
         return
     rows = []
     for impl in ("ours", "naive"):
@@ -97,24 +100,25 @@ def main(argv=None) -> None:
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"  {impl:<5} L={length:<5} peak +{r['peak_mib']:8.1f} MiB  step {r['seconds']:6.2f} s", flush=True)
-    print(f"\nEAGLE-3 TTT ({args.ttt} steps) forward+backward, CPU, one sequence")
-    print(f"{'impl':<6} {'L':>5} {'peak MiB':>9} {'x per 2L':>8} {'step s':>7} {'x per 2L':>8}")
+            log.info(f"  {impl:<5} L={length:<5} peak +{r['peak_mib']:8.1f} MiB  step {r['seconds']:6.2f} s")
+    log.info(f"\nEAGLE-3 TTT ({args.ttt} steps) forward+backward, CPU, one sequence")
+    log.info(f"{'impl':<6} {'L':>5} {'peak MiB':>9} {'x per 2L':>8} {'step s':>7} {'x per 2L':>8}")
     for impl in ("ours", "naive"):
         prev = None
         for r in (r for r in rows if r["impl"] == impl):
             if "error" in r:
-                print(f"{impl:<6} {r['length']:>5} failed: {r['error']}")
+                log.info(f"{impl:<6} {r['length']:>5} failed: {r['error']}")
                 continue
             mem_ratio = f"{r['peak_mib'] / prev['peak_mib']:.2f}" if prev else "-"
             time_ratio = f"{r['seconds'] / prev['seconds']:.2f}" if prev else "-"
-            print(f"{impl:<6} {r['length']:>5} {r['peak_mib']:>9.1f} {mem_ratio:>8} {r['seconds']:>7.2f} {time_ratio:>8}")
+            log.info(f"{impl:<6} {r['length']:>5} {r['peak_mib']:>9.1f} {mem_ratio:>8} {r['seconds']:>7.2f} "
+                     f"{time_ratio:>8}")
             prev = r
     both = {(r["impl"], r["length"]): r for r in rows if "error" not in r}
     for length in sorted({r["length"] for r in rows}):
         if ("ours", length) in both and ("naive", length) in both:
             o, n = both[("ours", length)], both[("naive", length)]
-            print(f"L={length}: naive / ours peak memory {n['peak_mib'] / o['peak_mib']:.2f}x, "
+            log.info(f"L={length}: naive / ours peak memory {n['peak_mib'] / o['peak_mib']:.2f}x, "
                   f"step time {n['seconds'] / o['seconds']:.2f}x")
 
 

@@ -6,12 +6,15 @@ Each argument is an inference output folder (holding report.json) whose parent i
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import sys
 from pathlib import Path
 
 from safetensors import safe_open
+
+log = logging.getLogger(__name__)
 
 
 def drafter_params(drafter_dir: Path) -> int:
@@ -40,9 +43,9 @@ def table(report_dirs: list[Path]) -> str:
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        log.info(__doc__.strip())
         return
-    print(table([Path(a) for a in argv]))
+    log.info(table([Path(a) for a in argv]))
 
 
 if __name__ == "__main__":

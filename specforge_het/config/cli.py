@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import fire
 
 from ..utils.io import atomic_write_text
+from ..utils.logs import setup_logging
 from .presets import load_preset, preset_descriptions, read_mapping_file
 from .schema import ConfigError, RunConfig, apply_mapping, describe_sections, set_key
 
@@ -108,11 +109,12 @@ def run_entry(entry: str, summary: str, main: Callable[[RunConfig, list[str]], o
     """Shared `__main__` of every entry point: help, config resolution, one clear line on config errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(help_text(entry, summary))
+        sys.stdout.write(help_text(entry, summary) + "\n")
         return None
+    setup_logging()
     try:
         cfg, presets = resolve_config(argv)
         return main(cfg, presets)  # bad input found while running (a file, a field, a shape) is one line too
     except ConfigError as e:
-        print(f"specforge_het.{entry}: error: {e}", file=sys.stderr)
+        sys.stderr.write(f"specforge_het.{entry}: error: {e}\n")
         raise SystemExit(2)

@@ -13,7 +13,7 @@ Formats (`export.to`):
 """
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 from ..config import RunConfig, save_resolved_config
@@ -22,6 +22,8 @@ from ..modeling.base import resolve_dtype
 from ..modeling.drafter_base import CONFIG_NAME, load_drafter
 
 FORMATS = ("specforge_het", "sglang", "vllm")
+
+log = logging.getLogger(__name__)
 PLANNED = {"hf": "a plain HF folder"}
 
 
@@ -65,13 +67,13 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
 
         export_sglang(drafter, out, dtype, base, ex.num_steps, ex.topk, ex.num_draft_tokens)
         check = _check_sglang(out)
-        print(f"export: SGLang check: {check}")
+        log.info(f"export: SGLang check: {check}")
     else:
         from .to_vllm import export_vllm
 
         export_vllm(drafter, out, dtype, base, ex.num_steps)
     save_resolved_config(cfg, out, "export", presets)
-    print(f"export: {ex.checkpoint} → {out} ({ex.to}, algorithm {drafter.meta.get('algorithm')}, base {base})")
+    log.info(f"export: {ex.checkpoint} → {out} ({ex.to}, algorithm {drafter.meta.get('algorithm')}, base {base})")
     return out
 
 

@@ -64,7 +64,8 @@ class Source:
 
     def prefixes_model(self, cls: str) -> bool:
         """Whether load_weights prepends "model." to names (the EAGLE-1 loaders)."""
-        return any(isinstance(n, ast.Constant) and n.value == "model." for n in ast.walk(self._method(cls, "load_weights")))
+        loader = self._method(cls, "load_weights")
+        return any(isinstance(n, ast.Constant) and n.value == "model." for n in ast.walk(loader))
 
     def _method(self, cls: str, name: str) -> ast.FunctionDef:
         if cls not in self.classes:
@@ -96,7 +97,8 @@ def _need(attrs: dict, name: str, cls: str) -> None:
 def expected_params(cfg: dict, models: Path) -> tuple[dict, dict, set, bool]:
     """(parameter name → shape, stacked mapping, names SGLang may take from the target, prefixes model.)."""
     arch = cfg["architectures"][0]
-    H, I, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    H, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     family = "qwen2" if arch.startswith("Qwen2") else "llama"
     base_src = Source(models / f"{family}.py")
@@ -123,8 +125,8 @@ def expected_params(cfg: dict, models: Path) -> tuple[dict, dict, set, bool]:
         if qkv_bias:
             params[p + "self_attn.qkv_proj.bias"] = ((nh + 2 * nkv) * hd,)
         params[p + "self_attn.o_proj.weight"] = (H, nh * hd)
-        params[p + "mlp.gate_up_proj.weight"] = (2 * I, H)
-        params[p + "mlp.down_proj.weight"] = (H, I)
+        params[p + "mlp.gate_up_proj.weight"] = (2 * inter, H)
+        params[p + "mlp.down_proj.weight"] = (H, inter)
         params[p + "post_attention_layernorm.weight"] = (H,)
         if not (i == 0 and "input_layernorm" in src.deleted(f"{P}DecoderLayer")):
             params[p + "input_layernorm.weight"] = (H,)
@@ -204,6 +206,7 @@ def check_sglang_export(out_dir: str | Path) -> dict:
             if (rows, *parts[0][1][1:]) != shape:
                 problems.append(f"{param}: shards {[(sid, list(s)) for sid, s in parts]} do not stack to {list(shape)}")
     if problems:
-        raise ConfigError(f"{out_dir}: export does not match SGLang's {cfg['architectures'][0]}:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{out_dir}: export does not match SGLang's {cfg['architectures'][0]}:\n  "
+                          + "\n  ".join(problems))
     return {"architecture": cfg["architectures"][0], "keys": len(keys), "parameters": len(params),
             "from_target": sorted(p for p in from_target if p not in covered)}

@@ -32,7 +32,8 @@ def _llama_fields(cfg) -> dict:
         "head_dim": head_dim_of(cfg), "hidden_act": cfg.hidden_act, "rms_norm_eps": cfg.rms_norm_eps,
         "max_position_embeddings": cfg.max_position_embeddings, "num_hidden_layers": cfg.num_hidden_layers,
         "rope_theta": rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)), "tie_word_embeddings": False,
-        "attention_bias": bool(getattr(cfg, "attention_bias", False)), "mlp_bias": bool(getattr(cfg, "mlp_bias", False)),
+        "attention_bias": bool(getattr(cfg, "attention_bias", False)),
+        "mlp_bias": bool(getattr(cfg, "mlp_bias", False)),
     }
     if rope.get("rope_type", "default") != "default":
         out["rope_scaling"] = dict(rope)
@@ -48,7 +49,8 @@ def eagle3_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict
     cfg = drafter.hf_config
     if cfg.model_type not in EAGLE3_FAMILIES:
         raise ConfigError(f"SGLang's LlamaForCausalLMEagle3 has a Llama midlayer; this draft is a {cfg.model_type} "
-                          f"layer ({'q/k norms' if cfg.model_type.startswith('qwen3') else 'other layer math'}) that it "
+                          f"layer ({'q/k norms' if cfg.model_type.startswith('qwen3') else 'other layer math'}) "
+                          "that it "
                           "cannot compute — retrain with modeling.draft_family llama, or export to specforge_het")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ConfigError("SGLang's EAGLE-3 midlayer has no q/k/v or MLP biases; this draft has them")

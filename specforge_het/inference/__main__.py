@@ -10,7 +10,7 @@ proven statistically in tests/test_sampling.py, since sampled outputs cannot be 
 """
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +24,8 @@ from .divergence import check_outputs
 from .engine import base_decode_batch, hf_greedy
 from .measure import (PeakMemory, decode_batches, eos_ids, format_table, load_pair, resolve_strategies, strategy_params,
                       summarise, write_acceptance_png)
+
+log = logging.getLogger(__name__)
 
 
 def load_prompts(cfg: RunConfig, tokenizer) -> list[list[int]]:
@@ -108,23 +110,23 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
                          f"{report['drafter']} on {len(prompts)} prompts (batch {inf.batch_size})")
     print_report(report)
     if check and not all_ok:
-        print("inference: LOSSLESS CHECK FAILED — speculative output differs from the base's greedy output where "
-              "the base's choice is not a near-tie (see report.json: divergences)", file=sys.stderr)
+        log.error("inference: LOSSLESS CHECK FAILED — speculative output differs from the base's greedy output where "
+              "the base's choice is not a near-tie (see report.json: divergences)")
         raise SystemExit(1)
     return report
 
 
 def print_report(report: dict) -> None:
     mode = "greedy" if not report["temperature"] else f"sampling T={report['temperature']} top-p={report['top_p']}"
-    print(f"\nspeculative decoding ({mode}) on {report['prompts']} prompts, batch {report['batch_size']}, "
+    log.info(f"\nspeculative decoding ({mode}) on {report['prompts']} prompts, batch {report['batch_size']}, "
           f"{report['max_new_tokens']} new tokens max (base {report['base']}, drafter {report['drafter']})")
-    print(format_table(report["strategies"]))
+    log.info(format_table(report["strategies"]))
     if report["lossless"] is not None:
         base_check = report["base_loop_vs_generate"]
-        print(f"base-only loop vs transformers greedy generate: {base_check['verdict']}")
+        log.info(f"base-only loop vs transformers greedy generate: {base_check['verdict']}")
         for r in report["strategies"]:
-            print(f"lossless check, {r['strategy']}: {r['verdict']}")
-        print(f"lossless check: {'PASS' if report['lossless'] else 'FAIL'} (a near-tie: the base's two best logits "
+            log.info(f"lossless check, {r['strategy']}: {r['verdict']}")
+        log.info(f"lossless check: {'PASS' if report['lossless'] else 'FAIL'} (a near-tie: the base's two best logits "
               f"within rounding of its dtype, {report['base_dtype']})")
 
 

@@ -3,7 +3,7 @@ GSM8K-style — for every strategy, next to base-only decoding of the same turns
 table (τ, tokens/s, speedup, iteration ÷ base step, peak memory) like SpecExec's.
 
     python -m specforge_het.inference.benchmark --@demo --@eagle2 [--benchmark.max_samples 10]
-        [--benchmark.mt_bench question.jsonl] [--benchmark.humaneval HumanEval.jsonl] [--benchmark.gsm8k test.jsonl]
+        [--benchmark.mt_bench question.jsonl] [--benchmark.humaneval HumanEval.jsonl.gz] [--benchmark.gsm8k test.jsonl]
         [--inference.strategy all] [--inference.batch_size 4]
 
 MT-bench questions are answered turn by turn: turn 2's prompt holds the question, each decoder's own answer to
@@ -12,21 +12,23 @@ acceptance.png into benchmark.output_dir, with the resolved config.
 """
 from __future__ import annotations
 
+import logging
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
-from ..data.conversations import render
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..data.conversations import normalise_row, render
+from ..utils.io import atomic_write_json, atomic_write_text, read_text
 from .divergence import check_outputs
 from .engine import base_decode_batch
 from .measure import (PeakMemory, decode_batches, eos_ids, load_pair, resolve_strategies, strategy_params, summarise,
                       write_acceptance_png)
 
 # file kind → (the field each row must hold, whether it is a list of user turns / one user turn / raw text)
+
+log = logging.getLogger(__name__)
 FORMATS = {"mt_bench": ("turns", "chat"), "gsm8k": ("question", "chat"), "humaneval": ("prompt", "raw")}
 
 
@@ -44,7 +46,7 @@ def read_task(name: str, path: str, max_samples: int) -> Task:
     if not p.is_file():
         raise ConfigError(f"benchmark.{name}: no question file at {path}")
     turns = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(p).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -52,6 +54,8 @@ def read_task(name: str, path: str, max_samples: int) -> Task:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg})") from None
         value = row.get(field) if isinstance(row, dict) else None
+        if value is None:  # any other prompt file: its user turns (messages, ShareGPT, prompt, question, turns)
+            value = [m["content"] for m in normalise_row(row, f"{path}:{n}") or [] if m["role"] == "user"] or None
         value = [value] if isinstance(value, str) and field != "turns" else value
         if not isinstance(value, list) or not value or not all(isinstance(t, str) and t for t in value):
             raise ConfigError(f"{path}:{n}: a {name} row needs {field!r} as "
@@ -143,11 +147,11 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     atomic_write_text(out_dir / "summary.md", table + "\n")
     write_acceptance_png(report["rows"], out_dir / "acceptance.png",
                          f"{inf.drafter_path}: {', '.join(t.name for t in tasks)} (batch {inf.batch_size})")
-    print("\n" + table)
-    print(f"\nwrote {out_dir}/benchmark.json, summary.md, acceptance.png")
+    log.info("\n" + table)
+    log.info(f"\nwrote {out_dir}/benchmark.json, summary.md, acceptance.png")
     if report["lossless"] is False:
-        print("benchmark: LOSSLESS CHECK FAILED — speculative output differs from base-only greedy output where the "
-              "base's choice is not a near-tie (see benchmark.json)", file=sys.stderr)
+        log.error("benchmark: LOSSLESS CHECK FAILED — speculative output differs from base-only greedy output where "
+                  "the base's choice is not a near-tie (see benchmark.json)")
         raise SystemExit(1)
     return report
 

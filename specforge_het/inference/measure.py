@@ -23,7 +23,8 @@ def resolve_strategies(name: str) -> tuple[str, ...]:
     strategies = GROUPS.get(name, (name,))
     for s in strategies:
         if s not in STRATEGIES:
-            raise ConfigError(f"inference.strategy: expected chain, tree, budget, both (chain + tree) or all, got {name!r}")
+            raise ConfigError(f"inference.strategy: expected chain, tree, budget, both (chain + tree) or all, "
+                              f"got {name!r}")
     return strategies
 
 

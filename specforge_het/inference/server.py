@@ -9,6 +9,7 @@ concurrent requests wait their turn. Greedy (temperature 0, the default) output 
 """
 from __future__ import annotations
 
+import logging
 import json
 import threading
 import time
@@ -19,6 +20,8 @@ from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import render
 from .engine import Sampling, speculative_decode
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -200,7 +203,7 @@ def run(cfg: RunConfig, presets: list[str]) -> None:
                     cfg.serve.default_max_tokens)
     save_resolved_config(cfg, Path(cfg.inference.output_dir), "serve", presets)
     server = build_server(engine, cfg.serve.host, cfg.serve.port)
-    print(f"serving {engine.model_name} ({strategy}) on http://{cfg.serve.host}:{server.server_address[1]}/v1")
+    log.info(f"serving {engine.model_name} ({strategy}) on http://{cfg.serve.host}:{server.server_address[1]}/v1")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

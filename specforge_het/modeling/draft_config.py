@@ -26,7 +26,8 @@ def config_class(family: str):
     from ..config.schema import closest
 
     if family not in CONFIG_MAPPING:
-        raise ConfigError(f"modeling.draft_family: unknown HF model_type {family!r}; {closest(family, CONFIG_MAPPING.keys())}")
+        raise ConfigError(f"modeling.draft_family: unknown HF model_type {family!r}; "
+                          f"{closest(family, CONFIG_MAPPING.keys())}")
     return CONFIG_MAPPING[family]
 
 

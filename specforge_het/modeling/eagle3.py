@@ -71,7 +71,8 @@ class Eagle3Drafter(DrafterBase):
         if not feature_layers:
             raise ConfigError("EAGLE-3 drafter needs its base feature layer ids (data.aux_layer_ids)")
         if not own_embedding and (base_embed_dim or base_hidden_size) != width:
-            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base embedding width {base_embed_dim or base_hidden_size}"
+            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base embedding width "
+                              f"{base_embed_dim or base_hidden_size}"
                               " needs its own embedding: set modeling.embedding: own")
         if not own_lm_head and width != base_hidden_size:
             raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base width {base_hidden_size} needs its own lm_head: "

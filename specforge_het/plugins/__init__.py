@@ -106,7 +106,8 @@ def load_drafter_for(base, path: str):
 
 
 def build_speculator(cfg: RunConfig, base) -> Speculator:
-    """The drafter of inference.drafter_path (or the plugins' own), with the enabled plugins applied to it and the base."""
+    """The drafter of inference.drafter_path (or the plugins' own), with the enabled plugins applied to it and to
+    the base."""
     p = cfg.plugins
     enabled = check_enabled(p.enabled)
     if "subspec" in enabled and "router" in enabled:
