@@ -11,6 +11,7 @@ Steps (each skipped when its output already exists, so the base is built once an
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import random
@@ -29,6 +30,8 @@ from .modeling.base import FrozenBase
 from .utils.io import atomic_write_text
 
 EOS = "<|endoftext|>"
+
+log = logging.getLogger(__name__)
 # User turn then assistant turn, concatenated with no markers: the base is a plain code LM and the
 # "conversation" is prompt → continuation. `{% generation %}` marks the assistant span for HF's mask.
 CHAT_TEMPLATE = (
@@ -62,6 +65,25 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+def bf16_autocast_pays(hidden: int, inner: int) -> bool:
+    """Whether bf16 autocast beats fp32 on this machine for the demo's matmul shape: one timed round of each.
+    Decided by measurement, never by a CPU model name: AVX2-only CPUs run bf16 matmuls ~20x slower than fp32."""
+    a, b = torch.randn(512, hidden), torch.randn(hidden, inner)
+
+    def seconds(bf16: bool, reps: int) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            (a @ b).sum()  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                (a @ b).sum()
+        return (time.perf_counter() - t0) / reps
+
+    fp32, bf16 = seconds(False, 8), seconds(True, 2)
+    log.info(f"demo base: bf16 autocast {'on' if bf16 < 0.8 * fp32 else 'off'} (probe: bf16 {bf16 * 1e3:.1f} ms vs "
+             f"fp32 {fp32 * 1e3:.1f} ms per matmul; CPU capability {torch.backends.cpu.get_cpu_capability()})")
+    return bf16 < 0.8 * fp32
+
+
 def train_base(demo: DemoSection, tokenizer, texts: list[str]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,18 +100,23 @@ def train_base(demo: DemoSection, tokenizer, texts: list[str]):
         tie_word_embeddings=False, rope_theta=10000.0,
     )
     model = LlamaForCausalLM(config)
+    use_bf16 = demo.bf16_autocast
+    if use_bf16 is None:
+        use_bf16 = bf16_autocast_pays(demo.hidden_size, demo.intermediate_size)
     opt = torch.optim.AdamW(model.parameters(), lr=demo.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, demo.train_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, demo.train_steps) / demo.train_steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, demo.train_steps)
+                                                                         / demo.train_steps)))
     gen = torch.Generator().manual_seed(demo.seed)
     n_params = sum(p.numel() for p in model.parameters())
     model.train()
-    bar = tqdm(range(demo.train_steps), desc=f"demo base ({n_params / 1e6:.1f}M params, {len(stream) / 1e6:.1f}M tokens)")
+    bar = tqdm(range(demo.train_steps),
+               desc=f"demo base ({n_params / 1e6:.1f}M params, {len(stream) / 1e6:.1f}M tokens)")
     for _ in bar:
         starts = torch.randint(0, len(stream) - demo.seq_len - 1, (demo.batch_size,), generator=gen)
         batch = torch.stack([stream[s: s + demo.seq_len] for s in starts.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo.bf16_autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -130,7 +157,7 @@ def write_question_files(out: Path, heads: list[str], seed: int, n: int = 80) ->
                      "answer": f"{who} has {a} * {b} = {a * b} {what}, then {a * b} - {c} = {a * b - c}.\n"
                                f"#### {a * b - c}"})
     write_jsonl(out / "gsm8k.jsonl", rows)
-    print(f"demo benchmark questions → {out}/{{mt_bench,humaneval,gsm8k}}.jsonl")
+    log.info(f"demo benchmark questions → {out}/{{mt_bench,humaneval,gsm8k}}.jsonl")
 
 
 def build(cfg: RunConfig) -> Path:
@@ -141,12 +168,13 @@ def build(cfg: RunConfig) -> Path:
     files = stdlib_files(demo.max_corpus_mb)
     train_files = [f for f in files if not f.held_out]
     if base_is_built(out_dir):
-        print(f"demo base: reusing {out_dir}")
+        log.info(f"demo base: reusing {out_dir}")
         tokenizer = AutoTokenizer.from_pretrained(out_dir)
         model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
     else:
         t0 = time.time()
-        print(f"demo base: {len(train_files)} stdlib files ({sum(len(f.text) for f in train_files) / 1e6:.1f} MB) → {out_dir}")
+        mb = sum(len(f.text) for f in train_files) / 1e6
+        log.info(f"demo base: {len(train_files)} stdlib files ({mb:.1f} MB) → {out_dir}")
         tokenizer = train_tokenizer([f.text for f in train_files], demo.vocab_size)
         model = train_base(demo, tokenizer, [f.text for f in train_files])
         tmp = out_dir.with_name(out_dir.name + ".partial")
@@ -156,7 +184,7 @@ def build(cfg: RunConfig) -> Path:
         save_resolved_config(cfg, tmp, "demo_base", [])
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)  # the folder appears complete or not at all
-        print(f"demo base: built in {time.time() - t0:.0f}s")
+        log.info(f"demo base: built in {time.time() - t0:.0f}s")
 
     conv_path = Path(demo.conversations_out)
     eval_heads = [h for f in files if f.held_out for h in function_heads(f)]
@@ -164,7 +192,7 @@ def build(cfg: RunConfig) -> Path:
     random.Random(demo.seed + 1).shuffle(bench_heads)
     write_question_files(bench_questions_dir(demo), bench_heads, demo.seed)
     if conv_path.is_file() and eval_prompts_path(demo).is_file():
-        print(f"demo conversations: reusing {conv_path}")
+        log.info(f"demo conversations: reusing {conv_path}")
         return out_dir
     rng = random.Random(demo.seed)
     train_heads = [h for f in train_files for h in function_heads(f)]
@@ -177,7 +205,7 @@ def build(cfg: RunConfig) -> Path:
                                      demo.answer_tokens, temperature=0.7, batch_size=32, seed=demo.seed)
     write_jsonl(conv_path, [{"messages": c} for c in convs])
     write_jsonl(eval_prompts_path(demo), [{"messages": [{"role": "user", "content": q}]} for q in eval_heads[:200]])
-    print(f"demo conversations: {len(train_heads)} → {conv_path}; {min(200, len(eval_heads))} eval prompts → "
+    log.info(f"demo conversations: {len(train_heads)} → {conv_path}; {min(200, len(eval_heads))} eval prompts → "
           f"{eval_prompts_path(demo)}")
     return out_dir
 
