@@ -105,4 +105,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from ..utils.logs import setup_logging
+
+    setup_logging()
     main()

@@ -123,4 +123,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from ..utils.logs import setup_logging
+
+    setup_logging()
     main()

@@ -49,4 +49,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from ..utils.logs import setup_logging
+
+    setup_logging()
     main(sys.argv[1:])

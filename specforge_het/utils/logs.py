@@ -22,12 +22,14 @@ class _TqdmHandler(logging.Handler):
 
 
 def setup_logging(level: int = logging.INFO) -> logging.Logger:
-    """Idempotent: one handler on the package's root logger, plain messages."""
-    logger = logging.getLogger(ROOT)
-    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+    """Idempotent: one handler on the package's root logger, plain messages — and on `__main__`'s, which is the
+    logger of whichever entry module runs as `python -m specforge_het.<entry>`."""
+    for name in (ROOT, "__main__"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+            handler = _TqdmHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    return logging.getLogger(ROOT)
