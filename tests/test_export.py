@@ -121,9 +121,28 @@ def test_unservable_drafts_are_refused(llama, tmp_path):
         export(make(llama, "eagle3", lm_head="own", draft_family="qwen3"), tmp_path)
     with pytest.raises(ConfigError, match="width differs"):
         export(make(llama, "eagle2", draft_hidden_size=16), tmp_path)
-    wide = make(llama, "eagle3", lm_head="own", embedding="own", draft_hidden_size=16)
-    with pytest.raises(ConfigError, match="draft width to equal the verifier"):
-        export_vllm(wide, tmp_path / "v", None, "BASE", 5)
+    with pytest.raises(ConfigError, match="vLLM serves EAGLE-3 midlayers of the llama and qwen3 families"):
+        export_vllm(make(llama, "eagle3", lm_head="own", draft_family="gemma2"), tmp_path / "v", None, "BASE", 5)
+    biased = make(llama, "eagle2", fc_bias=True)
+    with torch.no_grad():
+        biased.fc.bias.fill_(0.1)
+    with pytest.raises(ConfigError, match="fc has no bias"):
+        export_vllm(biased, tmp_path / "v1", None, "BASE", 5)
+
+
+def test_vllm_exports_of_other_widths_and_eagle1(llama, tmp_path):
+    """A draft of another width is written with target_hidden_size (vLLM sizes its fc from it); an EAGLE-1/2 draft
+    in the layout of vLLM's `eagle` method: fc without bias, layers.N.*, no input norm on layer 0. (That vLLM serves
+    both is proven by vLLM itself in test_serving.py.)"""
+    narrow = export_vllm(make(llama, "eagle3", lm_head="own", embedding="own", draft_hidden_size=16),
+                         tmp_path / "narrow", None, "BASE", 5)
+    cfg = json.loads((narrow / "config.json").read_text())
+    assert cfg["target_hidden_size"] == 32 and cfg["transformer_layer_config"]["hidden_size"] == 16
+    assert load_file(str(narrow / "model.safetensors"))["fc.weight"].shape[1] == 3 * 32
+    eagle1 = export_vllm(make(llama, "eagle2"), tmp_path / "e1", None, "BASE", 5)
+    keys = load_file(str(eagle1 / "model.safetensors")).keys()
+    assert "fc.weight" in keys and "fc.bias" not in keys and "layers.0.input_layernorm.weight" not in keys
+    assert json.loads((eagle1 / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
 def test_vllm_speculators_export(llama, tmp_path):
@@ -136,3 +155,18 @@ def test_vllm_speculators_export(llama, tmp_path):
     assert cfg["transformer_layer_config"]["hidden_size"] == 32
     keys = load_file(str(out / "model.safetensors"))
     assert any(k.startswith("layers.0.") for k in keys) and not any(k.startswith("midlayer.") for k in keys)
+    assert "d2t" not in keys and "t2d" not in keys  # full vocabulary: vLLM has no draft_id_to_target_id then
+
+
+@pytest.mark.parametrize("layers,n,engine,ok", [([0, 1, 2], 4, "sglang", True), ([0, 2, 3], 4, "sglang", False),
+                                                ([0, 2, 3], 4, "vllm", True), ([0, 2, 4], 4, "vllm", False),
+                                                ([0, 0, 0], 2, "vllm", False), ([1, 1, 2], 8, "sglang", False)])
+def test_capture_rules_of_each_engine(layers, n, engine, ok):
+    """SGLang captures blocks 0..N−2, vLLM 0..N−1, and both record a listed layer once."""
+    from specforge_het.export.capture import check_capture
+
+    if ok:
+        check_capture(layers, n, engine)
+    else:
+        with pytest.raises(ConfigError, match=f"{engine} cannot feed this drafter"):
+            check_capture(layers, n, engine)

@@ -43,7 +43,7 @@ def build(base, modeling, feature_layers, meta, draft_vocab):
     return build_drafter(base, modeling.draft_layers, modeling.draft_config_overrides, meta=meta,
                          family=modeling.draft_family, hidden_size=modeling.draft_hidden_size,
                          own_embedding=modeling.embedding == "own", own_lm_head=modeling.lm_head == "own",
-                         draft_vocab=draft_vocab)
+                         draft_vocab=draft_vocab, fc_bias=modeling.fc_bias)
 
 
 register(Algorithm("eagle2", eagle2_loss, build))

@@ -59,6 +59,7 @@ RANGES: dict[str, Range] = {
     "plugins.async_branches": AT_LEAST_1, "plugins.router_train_prompts": AT_LEAST_1,
     "benchmark.max_samples": AT_LEAST_1,
     "serve.port": Range(0, 65535), "serve.max_tokens_limit": AT_LEAST_1, "serve.default_max_tokens": AT_LEAST_1,
+    "serve.max_batch": Range(1, 256), "serve.batch_wait_ms": Range(0, 10_000),
     "export.num_steps": AT_LEAST_1, "export.topk": AT_LEAST_1, "export.num_draft_tokens": AT_LEAST_1,
     "demo.vocab_size": Range(300), "demo.hidden_size": AT_LEAST_1, "demo.num_hidden_layers": AT_LEAST_1,
     "demo.num_attention_heads": AT_LEAST_1, "demo.num_key_value_heads": AT_LEAST_1,

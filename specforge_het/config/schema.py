@@ -30,6 +30,9 @@ class ModelingSection:
     """The drafter's architecture."""
 
     draft_layers: int = 1
+    # EAGLE-1/2: a bias on fc (the official EAGLE layout). vLLM's EAGLE-1 fc has none, so the default is without: such
+    # drafts serve in vLLM and SGLang (exported with a zero bias); true matches official checkpoints.
+    fc_bias: bool = False
     # HF model_type of the draft decoder layers (llama, qwen3, qwen3_moe, mistral, gemma2, ...); None = the base's.
     draft_family: Optional[str] = None
     draft_hidden_size: Optional[int] = None  # None = the base's width; otherwise projections map between widths
@@ -143,6 +146,8 @@ class InferenceSection:
     temperature: float = 0.0  # 0 = greedy; > 0 = sampling (exact recursive rejection sampling)
     top_p: float = 1.0
     seed: int = 0
+    # sampling: draft tokens drawn from the drafter (accepts Σ min(p, q)) or its top tokens as point-mass drafts
+    draft_sampling: Literal["sampled", "greedy"] = "sampled"
     batch_size: int = 1  # sequences decoded together (left-padded; each accepts its own number of draft tokens)
     # float32: the final norm + lm_head of every decode and verify forward in fp32 over a bf16/fp16 base (fewer
     # rounding ties); model: as the base computes them.
@@ -185,6 +190,10 @@ class BenchmarkSection:
     gsm8k: Optional[str] = None  # GSM8K-style JSONL: {"question", "answer"}; the question is one user turn
     max_samples: int = 10  # questions read per file (all turns of each)
     output_dir: str = "output/demo/benchmark"
+    # bench.serving: drafters exported to and served by the real engines (demo/serving_variants.sh trains them)
+    serving_drafters: list[str] = field(default_factory=lambda: [
+        "output/demo/drafter", "output/demo/variants/eagle3", "output/demo/variants/eagle3_reduced_vocab",
+        "output/demo/variants/eagle3_half_width"])
 
 
 @dataclass
@@ -196,6 +205,8 @@ class ServeSection:
     model_name: Optional[str] = None  # the id /v1/models reports; None = the drafter folder's name
     max_tokens_limit: int = 2048  # requests asking for more get a 400
     default_max_tokens: int = 256
+    max_batch: int = 8  # rows decoded together (the `n` choices of a request count as rows; n is capped here)
+    batch_wait_ms: float = 20.0  # how long a batch waits for more requests once the first has arrived
 
 
 @dataclass

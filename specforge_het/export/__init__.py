@@ -5,9 +5,11 @@
 Formats (`export.to`):
   specforge_het  our own: model.safetensors + drafter_config.json, loadable with `load_drafter(path)`
   sglang         SGLang's EAGLE-3 (LlamaForCausalLMEagle3) or EAGLE-1/2 (Llama/Qwen2/MistralForCausalLMEagle)
-                 layout + README.md with the launch command; checked key by key against SGLang's installed
-                 sources when they are there (pip install --no-deps sglang==0.5.23)
-  vllm           vLLM's speculators eagle3 format (same-width EAGLE-3 drafts)
+                 layout + README.md with the launch command; loaded by SGLang's own class and load_weights when the
+                 serving environment is built (python -m specforge_het.serving.env), else checked against SGLang's
+                 sources read statically
+  vllm           vLLM's speculators eagle3 format (any width, llama or qwen3 midlayer) or its eagle method
+                 (EAGLE-1/2, fc without bias) + README.md with the `vllm serve` command
 `export.checkpoint` may also be an official EAGLE-1/2 or EAGLE-3 checkpoint (config.json + weights, .safetensors or
 .bin): it is imported, so `--export.to specforge_het` makes it usable by inference and train.
 """
@@ -60,13 +62,17 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     dtype = resolve_dtype(ex.dtype, "export.dtype") if ex.dtype else None
     base = ex.base_model or drafter.meta.get("base_model_name_or_path") or "BASE_MODEL"
     out = Path(ex.out)
+    if ex.to in ("sglang", "vllm"):
+        from .capture import base_num_layers, check_capture
+
+        check_capture(getattr(drafter, "feature_layers", None), base_num_layers(drafter, base), ex.to)
     if ex.to == "specforge_het":
         out = export_specforge_het(drafter, ex.out, dtype)
     elif ex.to == "sglang":
         from .to_sglang import export_sglang
 
         export_sglang(drafter, out, dtype, base, ex.num_steps, ex.topk, ex.num_draft_tokens)
-        check = _check_sglang(out)
+        check = _check_sglang(out, base)
         log.info(f"export: SGLang check: {check}")
     else:
         from .to_vllm import export_vllm
@@ -77,7 +83,21 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     return out
 
 
-def _check_sglang(out: Path) -> str:
+def _check_sglang(out: Path, base: str) -> str:
+    """SGLang's own draft class loading the export with its own load_weights, when the serving environment is built
+    (python -m specforge_het.serving.env); otherwise the static reading of SGLang's sources (sglang_check.py)."""
+    from ..serving import env
+
+    if env.is_ready():
+        from ..serving import check_with_sglang
+
+        report = check_with_sglang([out], base)[0]
+        if report.get("error") or report["problems"]:
+            raise ConfigError(f"{out}: SGLang's own {report.get('architecture', 'draft class')} does not load this "
+                              f"export: {report.get('error') or '; '.join(report['problems'][:5])}")
+        return (f"SGLang's {report['architecture']}.load_weights filled {report['checked']} parameters with the "
+                "exported tensors" + (f"; from the target: {', '.join(report['from_target'])}"
+                                      if report["from_target"] else ""))
     from .sglang_check import check_sglang_export, sglang_models_dir
 
     try:

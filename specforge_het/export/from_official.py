@@ -74,5 +74,5 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
     state.pop("embed_tokens.weight", None)
     state.pop("lm_head.weight", None)
     model = EagleDrafter(hf, cfg["hidden_size"], cfg["vocab_size"], cfg["hidden_size"], meta=meta,
-                         first_layer_input_norm="layers.0.input_layernorm.weight" in state)
+                         first_layer_input_norm="layers.0.input_layernorm.weight" in state, fc_bias="fc.bias" in state)
     return load_checked_state(model, state, path)

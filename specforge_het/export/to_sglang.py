@@ -99,6 +99,8 @@ def eagle_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
         raise ConfigError("this EAGLE-1/2 draft normalises layer 0's input, which SGLang's layout does not have "
                           "(it was trained before the official layout became the default); retrain it")
     weights = _state(drafter, dtype)
+    if "fc.bias" not in weights:  # a draft trained without one (modeling.fc_bias false): SGLang's fc has a bias
+        weights["fc.bias"] = torch.zeros(drafter.fc.out_features, dtype=weights["fc.weight"].dtype)
     config = {**cfg.to_dict(), "architectures": [EAGLE1_ARCH[cfg.model_type]], "vocab_size": drafter.base_vocab_size,
               "tie_word_embeddings": False}
     config.pop("_attn_implementation_autoset", None)

@@ -1,13 +1,26 @@
-"""Export an EAGLE-3 draft to vLLM's speculators format (`Eagle3Speculator`), which vLLM serves unmodified:
+"""Export to the formats vLLM 0.32 serves unmodified (read from its own sources and proven by loading and serving them
+with vLLM's CPU build: tests/test_serving.py).
+
+EAGLE-3 → the speculators `eagle3` format (vLLM maps it to `Eagle3LlamaForCausalLM`, or `Eagle3Qwen3ForCausalLM` for a
+Qwen3 midlayer with q/k norms): `config.json` with `speculators_model_type: eagle3`, `transformer_layer_config` (the
+midlayer's HF config), `draft_vocab_size`, `target_hidden_size` (a draft narrower or wider than the base),
+`norm_before_residual: false` (our midlayer adds the un-normed fc output back), `eagle_aux_hidden_state_layer_ids` in
+vLLM's convention (id j = the output of block j−1, ours + 1); weights `layers.0.*`, `fc.weight`, `norm.weight`,
+`lm_head.weight`, `embed_tokens.weight` when the draft owns one, and `d2t` only for a reduced draft vocabulary
+(vLLM creates `draft_id_to_target_id` only then, and refuses the key otherwise).
 
     vllm serve BASE --speculative-config '{"method": "eagle3", "model": DRAFT, "num_speculative_tokens": 5}'
 
-Layer keys are `layers.0.*`; vLLM needs the draft width to equal the verifier's, so other widths are refused.
-vLLM's aux-layer id k means the output of block k−1 (ours: of block k), so ids are written +1.
-Checked against the speculators config schema (vLLM's sources are not installable on a CPU machine).
+EAGLE-1/2 → vLLM's `eagle` method (`EagleLlamaForCausalLM`, llama_eagle.py): a plain Llama config
+(`architectures: [LlamaForCausalLM]`, which vLLM renames), `fc.weight` — vLLM's fc has no bias, so a draft trained
+with one (`modeling.fc_bias`, the official EAGLE layout) is refused unless the bias is zero — and `layers.N.*` with no
+input norm on layer 0; embedding and lm_head come from the target.
+
+    vllm serve BASE --speculative-config '{"method": "eagle", "model": DRAFT, "num_speculative_tokens": 5}'
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -16,31 +29,54 @@ from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
-from .to_sglang import eagle3_to_sglang
+from .to_sglang import _llama_fields, _state
 
-REQUIRED_CONFIG = ("speculators_model_type", "architectures", "transformer_layer_config", "draft_vocab_size",
-                   "speculators_config")
+VLLM_EAGLE3_FAMILIES = {"llama": "llama", "mistral": "llama", "qwen3": "qwen3"}
 
 
-def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
-    from ..modeling.eagle3 import Eagle3Drafter
+def _layer_config(cfg) -> dict:
+    fields = _llama_fields(cfg)
+    if cfg.model_type == "qwen3":  # Eagle3Qwen3ForCausalLM: the same shape fields, q/k norms implied by the family
+        fields["model_type"] = "qwen3"
+        fields["architectures"] = ["Qwen3ForCausalLM"]
+    else:
+        fields["architectures"] = ["LlamaForCausalLM"]
+    return fields
 
-    if not isinstance(drafter, Eagle3Drafter):
-        raise ConfigError("vLLM export writes the speculators eagle3 format; this is an EAGLE-1/2 or classic draft")
-    if drafter.hf_config.hidden_size != drafter.base_hidden_size:
-        raise ConfigError(f"vLLM's Eagle3Speculator needs the draft width to equal the verifier's; this draft is "
-                          f"{drafter.hf_config.hidden_size} wide over a {drafter.base_hidden_size}-wide base — "
-                          "export it to SGLang (which honours target_hidden_size) instead")
-    sg_config, sg_weights = eagle3_to_sglang(drafter, dtype)
-    weights = {k.replace("midlayer.", "layers.0."): v for k, v in sg_weights.items()}
-    layer_cfg = {k: v for k, v in sg_config.items()
-                 if k not in ("architectures", "draft_vocab_size", "eagle_config", "torch_dtype", "target_hidden_size")}
-    layer_cfg["architectures"] = ["LlamaForCausalLM"]
+
+def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int) -> tuple[dict, dict]:
+    cfg = drafter.hf_config
+    if cfg.model_type not in VLLM_EAGLE3_FAMILIES:
+        raise ConfigError(f"vLLM serves EAGLE-3 midlayers of the llama and qwen3 families; this draft is "
+                          f"{cfg.model_type} — retrain with modeling.draft_family llama or qwen3")
+    if getattr(cfg, "mlp_bias", False):
+        raise ConfigError("vLLM's EAGLE-3 midlayer MLP has no bias; this draft has one")
+    if cfg.hidden_size != drafter.base_hidden_size and not drafter.own_embedding:
+        raise ConfigError("an EAGLE-3 draft of another width than the base needs its own embedding for vLLM "
+                          "(modeling.embedding own)")
+    weights = {}
+    for k, v in _state(drafter, dtype).items():
+        if k == "embed.weight":
+            weights["embed_tokens.weight"] = v
+        elif k.startswith("midlayer."):
+            weights[k.replace("midlayer.", "layers.0.", 1)] = v
+        elif k.startswith(("fc.", "norm.", "lm_head.")):
+            weights[k] = v
+        elif k == "d2t":
+            weights[k] = v
+        elif k != "t2d":
+            raise ConfigError(f"EAGLE-3 export to vLLM: unexpected drafter weight {k!r}")
+    if "lm_head.weight" not in weights and cfg.hidden_size != drafter.base_hidden_size:
+        raise ConfigError("an EAGLE-3 draft of another width than the base needs its own lm_head for vLLM")
+    # Without lm_head.weight vLLM shares the target's (the proposer's _maybe_share_lm_head), as our shared head does.
+    vocab = drafter.draft_vocab_size or drafter.base_vocab_size
+    layer_cfg = _layer_config(cfg)
+    layer_cfg["vocab_size"] = drafter.base_vocab_size
     config = {
         "speculators_model_type": "eagle3",
         "architectures": ["Eagle3Speculator"],
         "transformer_layer_config": layer_cfg,
-        "draft_vocab_size": drafter.draft_vocab_size or drafter.base_vocab_size,
+        "draft_vocab_size": vocab,
         "norm_before_residual": False,
         "eagle_aux_hidden_state_layer_ids": [k + 1 for k in drafter.feature_layers],
         "speculators_config": {
@@ -49,15 +85,65 @@ def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, ste
             "default_proposal_method": "greedy",
             "verifier": {"name_or_path": base, "architectures": []},
         },
-        "torch_dtype": sg_config["torch_dtype"],
+        "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
     }
+    if cfg.hidden_size != drafter.base_hidden_size:
+        config["target_hidden_size"] = drafter.base_hidden_size
+    return config, weights
+
+
+def eagle_to_vllm(drafter, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
+    cfg = drafter.hf_config
+    if cfg.model_type != "llama":
+        raise ConfigError(f"vLLM's EAGLE-1 draft (EagleLlamaForCausalLM) is a Llama layer stack; this draft is "
+                          f"{cfg.model_type} — retrain with modeling.draft_family llama, or use EAGLE-3")
+    if cfg.hidden_size != drafter.base_hidden_size or drafter.out_proj is not None:
+        raise ConfigError("vLLM's EAGLE-1 drafts have the target's width; this draft's differs — use EAGLE-3 "
+                          "(target_hidden_size) for that")
+    if drafter.own_lm_head or drafter.own_embedding:
+        raise ConfigError("vLLM's EAGLE-1 drafts take lm_head and embeddings from the target; this draft has its "
+                          "own — use EAGLE-3 for that")
+    if drafter.first_layer_input_norm:
+        raise ConfigError("this EAGLE-1/2 draft normalises layer 0's input, which vLLM's EAGLE-1 layout does not "
+                          "have; retrain it")
+    weights = _state(drafter, dtype)
+    bias = weights.pop("fc.bias", None)
+    if bias is not None and bool(bias.any()):
+        raise ConfigError("vLLM's EAGLE-1 fc has no bias, and this draft's fc bias is not zero: retrain with "
+                          "--modeling.fc_bias false to serve it with vLLM (SGLang takes it as it is)")
+    config = {**_llama_fields(cfg), "architectures": ["LlamaForCausalLM"], "vocab_size": drafter.base_vocab_size,
+              "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", "")}
+    return config, weights
+
+
+def speculative_config(config: dict, out: Path, steps: int) -> dict:
+    """The --speculative-config a user passes to `vllm serve` (and the tests pass to `vllm.LLM`)."""
+    method = "eagle3" if config.get("speculators_model_type") == "eagle3" else "eagle"
+    return {"method": method, "model": str(out), "num_speculative_tokens": steps}
+
+
+def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
+    from ..modeling.eagle3 import Eagle3Drafter
+
+    if isinstance(drafter, Eagle3Drafter):
+        config, weights = eagle3_to_vllm(drafter, dtype, base, steps)
+    elif hasattr(drafter, "fc") and hasattr(drafter, "layers"):
+        config, weights = eagle_to_vllm(drafter, dtype)
+    else:
+        raise ConfigError("vLLM export writes EAGLE-3 (speculators eagle3) and EAGLE-1/2 (eagle) drafts; this is a "
+                          f"{drafter.meta.get('algorithm', type(drafter).__name__)} drafter")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", config)
-    atomic_write_text(out / "README.md", f"""# EAGLE-3 draft for vLLM (speculators format)
+    spec = speculative_config(config, out, steps)
+    atomic_write_text(out / "README.md", f"""# Draft model for vLLM ({spec['method']})
+
+Exported by specforge_het; vLLM 0.32 loads and serves it unmodified:
 
 ```bash
-vllm serve {base} --speculative-config '{{"method": "eagle3", "model": "{out}", "num_speculative_tokens": {steps}}}'
+vllm serve {base} --speculative-config '{json.dumps(spec)}'
 ```
 """)
     return out
+
+

@@ -28,12 +28,17 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    # sampled: draft tokens drawn from the drafter's q and verified against it (accepts Σ min(p, q)); greedy: the
+    # drafter's top tokens as point-mass drafts (accepted with p(x)) — what vLLM's default draft_sample_method does.
+    draft: str = "sampled"
 
     def __post_init__(self):
         import math
 
         if not (math.isfinite(self.temperature) and self.temperature >= 0) or not 0 < self.top_p <= 1:
             raise ValueError(f"sampling needs a finite temperature >= 0 and 0 < top_p <= 1, got {self}")
+        if self.draft not in ("sampled", "greedy"):
+            raise ValueError(f"sampling.draft: expected sampled or greedy, got {self.draft!r}")
 
     @property
     def greedy(self) -> bool:

@@ -46,7 +46,7 @@ def load_pair(cfg: RunConfig):
     if inf.batch_size < 1:
         raise ConfigError(f"inference.batch_size: expected >= 1, got {inf.batch_size}")
     try:
-        sampling = Sampling(inf.temperature, inf.top_p, inf.seed)
+        sampling = Sampling(inf.temperature, inf.top_p, inf.seed, inf.draft_sampling)
     except ValueError as e:
         raise ConfigError(f"inference: {e}") from None
     from ..plugins import build_speculator

@@ -128,7 +128,9 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
     The drafter cache is extended by the fed nodes; the caller crops it back to P afterwards."""
     device = root_token.device
     bsz = root_token.shape[0]
-    sampled = sampling is not None and not sampling.greedy
+    if sampling is not None and (sampling.greedy or sampling.draft == "greedy"):
+        sampling = None  # deterministic top-k candidates (verified as point-mass drafts when sampling)
+    sampled = sampling is not None
     logits = drafter.logits(root_feature[:, None])
     k = min(top_k, logits.shape[-1])
     ids, slot_scores, q0 = draft_children(logits, k, sampling, generator)

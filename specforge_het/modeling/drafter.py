@@ -26,17 +26,19 @@ __all__ = ["EagleDrafter", "build_drafter", "causal_mask"]
 
 @register_architecture("eagle_drafter")
 class EagleDrafter(DrafterBase):
-    EXTRA_KEYS = ("first_layer_input_norm",)
+    EXTRA_KEYS = ("first_layer_input_norm", "fc_bias")
 
     def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None,
                  base_embed_dim: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
                  draft_vocab_size: Optional[int] = None, meta: Optional[dict] = None,
-                 first_layer_input_norm: bool = True):
+                 first_layer_input_norm: bool = True, fc_bias: bool = True):
         width = hf_config.hidden_size
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=base_hidden_size, embed_dim=width)
         emb_dim = width if own_embedding else self.base_embed_dim
-        self.fc = nn.Linear(emb_dim + base_hidden_size, width, bias=True)
+        # The official EAGLE-1/2 fc has a bias (SGLang serves it); vLLM's EAGLE-1 fc has none (modeling.fc_bias).
+        self.fc_bias = fc_bias
+        self.fc = nn.Linear(emb_dim + base_hidden_size, width, bias=fc_bias)
         skeleton = family_stack(hf_config)
         self.layers = skeleton.layers
         # The official EAGLE-1/2 layout (and SGLang's LlamaForCausalLMEagle) has no input norm on layer 0: the fc
@@ -80,8 +82,9 @@ class EagleDrafter(DrafterBase):
 
 def build_drafter(base, draft_layers: int = 1, overrides: Optional[dict] = None, meta: Optional[dict] = None,
                   family: Optional[str] = None, hidden_size: Optional[int] = None, own_embedding: bool = False,
-                  own_lm_head: bool = False, draft_vocab: Optional[torch.Tensor] = None) -> EagleDrafter:
+                  own_lm_head: bool = False, draft_vocab: Optional[torch.Tensor] = None,
+                  fc_bias: bool = True) -> EagleDrafter:
     """A fresh EAGLE-1/2 drafter for a FrozenBase (see `build_for_base`)."""
     cfg = draft_hf_config(base.config, draft_layers, family, hidden_size, overrides)
     return build_for_base(EagleDrafter, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,
-                          first_layer_input_norm=False)
+                          first_layer_input_norm=False, fc_bias=fc_bias)

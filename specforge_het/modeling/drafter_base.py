@@ -270,6 +270,7 @@ def base_meta(base, meta: Optional[dict]) -> dict:
     from .base import tokenizer_fingerprint
 
     meta = dict(meta or {})
+    meta.setdefault("base_num_layers", base.num_layers)  # what the engines' layer-capture rules are checked against
     if base.tokenizer is not None:
         meta.setdefault("tokenizer_fingerprint", tokenizer_fingerprint(base.tokenizer))
     return meta

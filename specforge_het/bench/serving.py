@@ -1,0 +1,139 @@
+"""bench.serving: each drafter exported and served by vLLM's CPU build beside our reference decoder, one table —
+engine, drafter, temperature, τ in the engine vs ours, identical outputs, tokens/s base vs speculative inside the
+engine — plus SGLang's own classes loading the SGLang export of the same drafter.
+
+    python -m specforge_het.bench.serving --@demo [--benchmark.serving_drafters "['output/demo/drafter', ...]"]
+        [--inference.depth 5] [--inference.num_prompts 10] [--inference.max_new_tokens 96]
+
+T = 0: both greedy (identical outputs expected). T = 1: vLLM with its default draft_sample_method (the drafter's
+top token as a point-mass draft) beside ours in the same mode, and ours drawing drafts from q (Σ min(p, q)).
+Writes serving.md and serving.json into benchmark.output_dir. Runs in the serving environment (built once per
+machine: python -m specforge_het.serving.env).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..config import RunConfig, run_entry, save_resolved_config
+from ..config.schema import ConfigError
+from ..inference.__main__ import load_prompts
+from ..inference.engine import Sampling, hf_greedy
+from ..inference.measure import eos_ids
+from ..modeling.base import load_base
+from ..modeling.drafter_base import load_drafter
+from ..serving import check_with_sglang, run_vllm
+from ..serving.parity import acceptance, compare, reference_chain
+from ..utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def export_for(drafter_dir: Path, engine: str, depth: int, base: str) -> Path | str:
+    """The drafter exported for `engine` under drafter_dir/serving_<engine>, or the reason it cannot be."""
+    from ..export import load_any
+    from ..export.capture import base_num_layers, check_capture
+
+    drafter = load_any(str(drafter_dir))
+    out = drafter_dir / f"serving_{engine}"
+    try:
+        check_capture(getattr(drafter, "feature_layers", None), base_num_layers(drafter, base), engine)
+        if engine == "vllm":
+            from ..export.to_vllm import export_vllm
+
+            export_vllm(drafter, out, None, base, depth)
+        else:
+            from ..export.to_sglang import export_sglang
+
+            export_sglang(drafter, out, None, base, depth, 1, depth)
+    except ConfigError as e:
+        return str(e)
+    return out
+
+
+def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
+    inf, b = cfg.inference, cfg.benchmark
+    drafters = [Path(d) for d in b.serving_drafters if (Path(d) / "drafter_config.json").is_file()]
+    missing = [d for d in b.serving_drafters if Path(d) not in drafters]
+    if missing:
+        log.warning(f"bench.serving: skipping (no drafter there): {', '.join(missing)}")
+    if not drafters:
+        raise ConfigError("benchmark.serving_drafters: none of the listed folders holds a drafter")
+    base = load_base(cfg.base)
+    prompts, eos, depth = load_prompts(cfg, base.tokenizer), eos_ids(base), inf.depth
+    out_dir = Path(b.output_dir)
+    save_resolved_config(cfg, out_dir, "bench.serving", presets)
+    refs = [hf_greedy(base, p, inf.max_new_tokens, eos)[len(p):] for p in prompts]
+    exports = {d: {e: export_for(d, e, depth, cfg.base.model_name_or_path) for e in ("vllm", "sglang")}
+               for d in drafters}
+    runs = [{"name": "base@0", "speculative_config": None, "temperature": 0.0},
+            {"name": "base@1", "speculative_config": None, "temperature": 1.0}]
+    for d in drafters:
+        v = exports[d]["vllm"]
+        if isinstance(v, Path):
+            method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") else "eagle"
+            spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}
+            runs += [{"name": f"{d}@0", "speculative_config": spec, "temperature": 0.0},
+                     {"name": f"{d}@1", "speculative_config": spec, "temperature": 1.0}]
+    for r in runs:
+        r.update(prompts=prompts, max_tokens=inf.max_new_tokens, seed=inf.seed)
+    engine = {r["name"]: r for r in run_vllm({"base": cfg.base.model_name_or_path, "runs": runs})}
+    sglang = dict(zip([d for d in drafters if isinstance(exports[d]["sglang"], Path)],
+                      check_with_sglang([exports[d]["sglang"] for d in drafters
+                                         if isinstance(exports[d]["sglang"], Path)], cfg.base.model_name_or_path)))
+    rows = []
+    for d in drafters:
+        drafter = load_drafter(d, device=base.device).attach_base(base.embed_tokens, base.lm_head).eval()
+        sg = sglang.get(d)
+        sg_text = exports[d]["sglang"] if d not in sglang else (
+            f"{sg['checked']} params equal" if not sg.get("error") and not sg["problems"] else "FAILED")
+        for t in (0, 1):
+            e = engine.get(f"{d}@{t}")
+            ours = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth,
+                                   Sampling(float(t), 1.0, inf.seed, draft="greedy"))
+            row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "temperature": t,
+                   "tau_ours": acceptance(ours["metrics"])["tau"], "sglang_load_weights": sg_text,
+                   "ours_identical": sum(o == r for o, r in zip(ours["outputs"], refs)) if t == 0 else None}
+            if t == 1:  # our decoder's own sampling: drafts drawn from q
+                sampled = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth, Sampling(1.0))
+                row["tau_ours_sampled_drafts"] = acceptance(sampled["metrics"])["tau"]
+            if e is None or e.get("error"):
+                row["vllm"] = exports[d]["vllm"] if e is None else e["error"]
+            else:
+                base_run = engine[f"base@{t}"]
+                row.update(tau_vllm=acceptance(e["metrics"])["tau"], parity=compare(ours["metrics"], e["metrics"],
+                                                                                      greedy=t == 0)["passed"],
+                           vllm_identical=sum(o == r for o, r in zip(e["outputs"], refs)) if t == 0 else None,
+                           vllm_base_tok_s=base_run["new_tokens"] / base_run["seconds"],
+                           vllm_spec_tok_s=e["new_tokens"] / e["seconds"])
+            rows.append(row)
+    text = table(rows, len(prompts), depth)
+    atomic_write_json(out_dir / "serving.json", rows)
+    atomic_write_text(out_dir / "serving.md", text + "\n")
+    log.info("\n" + text)
+    return rows
+
+
+def table(rows: list[dict], n: int, depth: int) -> str:
+    lines = [f"Chain of {depth}, {n} prompts, one request at a time, fp32 on CPU.", "",
+             "| drafter | T | τ vLLM | τ ours (same drafts) | τ ours (drafts ~ q) | parity | identical vLLM / ours "
+             "| vLLM tok/s base → spec | SGLang load_weights |", "|---|---:|---:|---:|---:|---|---|---|---|"]
+    for r in rows:
+        if "tau_vllm" in r:
+            vllm = (f"{r['tau_vllm']:.2f}", "yes" if r["parity"] else "NO",
+                    f"{r['vllm_base_tok_s']:.0f} → {r['vllm_spec_tok_s']:.0f} "
+                    f"({r['vllm_spec_tok_s'] / r['vllm_base_tok_s']:.2f}×)")
+        else:
+            vllm = ("–", "–", f"not served: {r['vllm']}")
+        ident = f"{r['vllm_identical'] if r.get('vllm_identical') is not None else '–'} / " \
+                f"{r['ours_identical']}" if r["temperature"] == 0 else "sampled"
+        sampled = f"{r['tau_ours_sampled_drafts']:.2f}" if "tau_ours_sampled_drafts" in r else "–"
+        lines.append(f"| {Path(r['drafter']).name} ({r['algorithm']}) | {r['temperature']} | {vllm[0]} "
+                     f"| {r['tau_ours']:.2f} | {sampled} | {vllm[1]} | {ident} | {vllm[2]} "
+                     f"| {r['sglang_load_weights']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_entry("bench.serving", __doc__.strip().splitlines()[0], run)

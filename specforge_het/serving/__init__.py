@@ -1,0 +1,46 @@
+"""The real engines in the loop: vLLM's CPU build serves our exports and SGLang's own draft classes load them, in a
+separate environment (env.py) driven through subprocesses (vllm_worker.py, sglang_worker.py run there). What comes
+back is compared with our reference decoder (parity.py); bench/serving.py prints the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import env
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run_worker(script: str, args: list[str], timeout: float) -> None:
+    python = env.build()  # reused when complete; built (minutes) the first time on a machine
+    cmd = [str(python), str(HERE / script), *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    environment.pop("PYTHONPATH", None)  # the worker sees the serving environment only
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment,
+                          cwd=tempfile.gettempdir())
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} exited {done.returncode}:\n{done.stderr[-4000:]}")
+
+
+def run_vllm(job: dict, timeout: float = 1800) -> list[dict]:
+    """Run the job's engine configurations with vLLM (see vllm_worker.py) → one result per run, in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(job))
+        _run_worker("vllm_worker.py", [str(job_path), str(out_path)], timeout)
+        return json.loads(out_path.read_text())["runs"]
+
+
+def check_with_sglang(export_dirs: list[str | Path], base_path: str | Path, timeout: float = 600) -> list[dict]:
+    """SGLang's own draft classes load each export with their own load_weights → a parameter-by-parameter report
+    per export (in order): parameters checked, problems, those SGLang takes from the target, or an error."""
+    dirs = [str(Path(d).resolve()) for d in export_dirs]
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(tmp) / "report.json"
+        _run_worker("sglang_worker.py", [str(Path(base_path).resolve()), str(out_path), *dirs], timeout)
+        reports = json.loads(out_path.read_text())
+        return [reports[d] for d in dirs]

@@ -1,0 +1,84 @@
+"""Runs vLLM itself on a job file, in the serving environment's python (not importable from specforge_het: it needs
+only vLLM). Each run builds an offline `vllm.LLM` for the base — with a speculative config or without — decodes the
+prompts (token ids) one request at a time, and records the output tokens, wall time and vLLM's own speculative
+decoding counters (drafts, draft tokens, accepted tokens, accepted tokens per position).
+
+    <serving-env>/bin/python vllm_worker.py job.json result.json
+
+job.json: {"base": DIR, "dtype": "float32", "max_model_len": 1024, "runs": [{"name": ..., "speculative_config":
+{...} or null, "prompts": [[ids]], "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0}]}
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process: runs are sequential
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the test bases are tiny
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+COUNTERS = {"vllm:spec_decode_num_drafts": "num_drafts", "vllm:spec_decode_num_draft_tokens": "num_draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens": "num_accepted_tokens"}
+
+
+def spec_metrics(llm) -> dict:
+    out = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "accepted_per_pos": []}
+    for m in llm.get_metrics():
+        if m.name in COUNTERS:
+            out[COUNTERS[m.name]] = int(m.value)
+        elif m.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            out["accepted_per_pos"] = [int(v) for v in m.values]
+    return out
+
+
+def one_run(job: dict, run: dict) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    t0 = time.perf_counter()
+    llm = LLM(model=job["base"], tokenizer=job["base"], dtype=job.get("dtype", "float32"), enforce_eager=True,
+              max_model_len=job.get("max_model_len", 1024), seed=run.get("seed", 0),
+              speculative_config=run.get("speculative_config"), disable_log_stats=False)
+    init_s = time.perf_counter() - t0
+    params = SamplingParams(temperature=run.get("temperature", 0.0), top_p=run.get("top_p", 1.0),
+                            max_tokens=run["max_tokens"], seed=run.get("seed", 0),
+                            ignore_eos=run.get("ignore_eos", False))
+    llm.generate([TokensPrompt(prompt_token_ids=run["prompts"][0])], params, use_tqdm=False)  # warm-up
+    warm = spec_metrics(llm)
+    outputs, seconds = [], 0.0
+    for ids in run["prompts"]:  # one request at a time: the latency a single user sees, like our batch-1 decoder
+        t1 = time.perf_counter()
+        out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+        seconds += time.perf_counter() - t1
+        outputs.append(list(out[0].outputs[0].token_ids))
+    metrics = spec_metrics(llm)
+    for k in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):  # the warm-up request does not count
+        metrics[k] -= warm[k]
+    if warm["accepted_per_pos"]:
+        metrics["accepted_per_pos"] = [a - b for a, b in zip(metrics["accepted_per_pos"], warm["accepted_per_pos"])]
+    del llm
+    gc.collect()
+    return {"name": run["name"], "outputs": outputs, "seconds": seconds, "init_seconds": init_s,
+            "new_tokens": sum(len(o) for o in outputs), "metrics": metrics, "error": None}
+
+
+def main(job_path: str, out_path: str) -> None:
+    with open(job_path) as f:
+        job = json.load(f)
+    results = []
+    for run in job["runs"]:
+        try:
+            results.append(one_run(job, run))
+        except Exception as e:  # reported per run: one export that vLLM refuses must not hide the others
+            results.append({"name": run["name"], "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc()[-4000:]})
+        with open(out_path, "w") as f:  # after every run, so a crash keeps what was done
+            json.dump({"runs": results}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,203 @@
+"""The serving tier: every export we offer is loaded and served by the real engine — vLLM's CPU build (`vllm.LLM`,
+offline API) and SGLang's own draft classes running their own `load_weights` — in the serving environment
+(specforge_het/serving/env.py, built once per machine). The base is made here (a random-weight Llama shaped for
+vLLM's CPU kernels, head_dim 32); the drafters are trained here on its own greedy text. For each export: the engine
+loads it, its greedy output equals transformers' greedy output of the base, and its per-position acceptance equals
+our reference decoder's chain of the same depth (tolerances: specforge_het/serving/parity.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_cfg
+from specforge_het import export, train
+from specforge_het.config import ConfigError
+from specforge_het.data.conversations import prompt_ids, read_conversations
+from specforge_het.inference.engine import Sampling, base_decode_batch, hf_greedy
+from specforge_het.modeling.base import load_base
+from specforge_het.modeling.drafter_base import load_drafter
+from specforge_het.serving import check_with_sglang, run_vllm
+from specforge_het.serving.parity import compare, reference_chain
+
+from specforge_het.serving import env
+
+pytestmark = [pytest.mark.serving,
+              pytest.mark.skipif(not env.is_ready(), reason="the serving environment is not built: run "
+                                 "`python -m specforge_het.serving.env` (CI builds it before the tests)")]
+DEPTH, MAX_NEW, N_PROMPTS = 3, 40, 6
+DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); the first trains longest
+    "eagle3_full": ("eagle3", {"training__max_steps": 200}, ("vllm", "sglang")),
+    "eagle3_reduced": ("eagle3", {"modeling__draft_vocab_size": 256}, ("vllm", "sglang")),
+    "eagle3_narrow": ("eagle3", {"modeling__draft_hidden_size": 64, "modeling__embedding": "own"}, ("vllm", "sglang")),
+    "eagle3_wide": ("eagle3", {"modeling__draft_hidden_size": 192, "modeling__embedding": "own"}, ("vllm", "sglang")),
+    "eagle3_qwen3": ("eagle3", {"modeling__draft_family": "qwen3"}, ("vllm",)),
+    "eagle3_shared_head": ("eagle3", {"modeling__lm_head": "shared"}, ("vllm", "sglang")),
+    "eagle2": ("eagle2", {}, ("vllm", "sglang")),
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_base):
+    """A 4-layer random Llama (hidden 128, 4 heads of 32) with the tiny tokenizer, and conversations of its own
+    greedy continuations (what the drafters learn)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from specforge_het.data.stdlib_corpus import function_heads, stdlib_files
+
+    work = tmp_path_factory.mktemp("serving")
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)  # peakier next-token distributions: text with structure to learn
+    model.save_pretrained(work / "base")
+    tok.save_pretrained(work / "base")
+    base = load_base(make_cfg(work, str(work / "base")).base)
+    heads = [h for f in stdlib_files(max_mb=0.6) for h in function_heads(f)][:96]
+    prompts = [tok(h, add_special_tokens=False)["input_ids"][-32:] for h in heads]
+    runs = [r for i in range(0, len(prompts), 16) for r in base_decode_batch(base, prompts[i:i + 16], 64, set())]
+    rows = [{"messages": [{"role": "user", "content": tok.decode(p)},
+                          {"role": "assistant", "content": tok.decode(r.tokens[len(p):])}]}
+            for p, r in zip(prompts, runs)]
+    (work / "convs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return work, base
+
+
+@pytest.fixture(scope="module")
+def drafters(served):
+    """Each drafter of DRAFTERS trained online (80 steps; 200 for the first), then exported for the engines that
+    serve it: → name → the drafter folder, with the exports in its `vllm/` and `sglang/` subfolders."""
+    work, base = served
+    out = {}
+    for name, (algorithm, overrides, engines) in DRAFTERS.items():
+        # EAGLE-3 trains its own head (the eagle3 preset's choice) unless the variant says otherwise
+        settings = {"training__max_steps": 80, **({"modeling__lm_head": "own"} if algorithm == "eagle3" else {}),
+                    **overrides}
+        cfg = make_cfg(work / name, str(work / "base"), str(work / "convs.jsonl"), algorithm__name=algorithm,
+                       data__mode="online", data__aux_layer_ids=[0, 1, 2], training__per_device_train_batch_size=8,
+                       training__learning_rate=3e-3, training__logging_steps=50, training__save_steps=1000,
+                       **settings)
+        train.run(cfg, [])
+        drafter = Path(cfg.training.output_dir)
+        for engine in engines:
+            cfg.export.to, cfg.export.out, cfg.export.num_steps = engine, str(drafter / engine), DEPTH
+            export.run(cfg, [])
+        out[name] = drafter
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts(served):
+    work, base = served
+    convs, _ = read_conversations(work / "convs.jsonl")
+    return [prompt_ids(base.tokenizer, c) for c in convs[-N_PROMPTS:]]
+
+
+@pytest.fixture(scope="module")
+def vllm_results(served, drafters, prompts):
+    """One vLLM worker process: the base alone, every drafter at T = 0, and two drafters at T = 1."""
+    work, _ = served
+    runs = [{"name": "base", "speculative_config": None}]
+    for name in DRAFTERS:
+        spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
+        method = "eagle3" if spec.get("speculators_model_type") == "eagle3" else "eagle"
+        runs.append({"name": name, "speculative_config": {"method": method, "model": str(drafters[name] / "vllm"),
+                                                          "num_speculative_tokens": DEPTH}})
+    for r in runs:
+        r.update(prompts=prompts, max_tokens=MAX_NEW, temperature=0.0, seed=0)
+    for name in ("eagle3_full", "eagle3_reduced"):  # sampled: three draws per prompt, unseeded (independent)
+        runs.append({**runs[1 + list(DRAFTERS).index(name)], "name": f"{name}@T1", "temperature": 1.0, "seed": None,
+                     "prompts": prompts * 3})
+    return {r["name"]: r for r in run_vllm({"base": str(work / "base"), "runs": runs})}
+
+
+def _ours(served, drafter_dir, prompts, sampling):
+    _, base = served
+    drafter = load_drafter(drafter_dir).attach_base(base.embed_tokens, base.lm_head).eval()
+    return reference_chain(base, drafter, prompts, MAX_NEW, {base.tokenizer.eos_token_id}, DEPTH, sampling)
+
+
+def test_vllm_serves_the_base_as_transformers_does(served, prompts, vllm_results):
+    _, base = served
+    r = vllm_results["base"]
+    assert r["error"] is None, r.get("traceback")
+    refs = [hf_greedy(base, p, MAX_NEW, {base.tokenizer.eos_token_id})[len(p):] for p in prompts]
+    assert r["outputs"] == refs
+
+
+@pytest.mark.parametrize("name", list(DRAFTERS))
+def test_vllm_serves_every_export_losslessly_with_our_acceptance(served, drafters, prompts, vllm_results, name):
+    r = vllm_results[name]
+    assert r["error"] is None, f"vLLM refused the {name} export: {r['error']}\n{r.get('traceback')}"
+    assert r["outputs"] == vllm_results["base"]["outputs"], "vLLM's speculative output is not its base greedy output"
+    ours = _ours(served, drafters[name], prompts, Sampling())
+    assert ours["outputs"] == r["outputs"]
+    parity = compare(ours["metrics"], r["metrics"], greedy=True)
+    assert parity["passed"], parity
+    if name == "eagle3_full":  # a drafter that learned the base: the parity compares busy counters at every depth
+        assert parity["tau_engine"] >= 1.5 and min(parity["rates_engine"]) >= 0.1, parity
+
+
+@pytest.mark.parametrize("name", ["eagle3_full", "eagle3_reduced"])
+def test_vllm_sampled_acceptance_matches_ours_within_noise(served, drafters, prompts, vllm_results, name):
+    """T = 1 with vLLM's default draft_sample_method ("greedy": the drafter's top token as a point-mass draft)
+    against our decoder in the same mode: the per-position acceptance rates agree within sampling noise."""
+    r = vllm_results[f"{name}@T1"]
+    assert r["error"] is None, r.get("traceback")
+    ours = _ours(served, drafters[name], prompts * 3, Sampling(1.0, 1.0, seed=1, draft="greedy"))
+    parity = compare(ours["metrics"], r["metrics"], greedy=False)
+    assert parity["passed"], parity
+
+
+def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):
+    work, _ = served
+    names = [n for n, (_, _, engines) in DRAFTERS.items() if "sglang" in engines]
+    reports = check_with_sglang([drafters[n] / "sglang" for n in names], work / "base")
+    for name, report in zip(names, reports):
+        assert "error" not in report, f"{name}: {report.get('error')}\n{report.get('traceback')}"
+        assert report["problems"] == [] and report["checked"] >= 8, (name, report)
+        # ... and the export holds the drafter's own weights (SGLang's layout ← our names, checked on our side).
+        exported = load_file(str(drafters[name] / "sglang" / "model.safetensors"))
+        ours = {k: v for k, v in load_drafter(drafters[name]).state_dict().items() if "rotary_emb" not in k}
+        for key, value in ours.items():
+            target = "embed_tokens.weight" if key == "embed.weight" else key
+            if target in exported:
+                assert torch.equal(exported[target], value), (name, key)
+
+
+def test_sglang_check_catches_a_misnamed_key(served, drafters, tmp_path):
+    """The gate has power: a key SGLang's loader does not know is skipped by SGLang itself, and the parameter it
+    should have filled is reported (it stays NaN)."""
+    import shutil
+
+    work, _ = served
+    bad = tmp_path / "bad"
+    shutil.copytree(drafters["eagle3_full"] / "sglang", bad)
+    weights = load_file(str(bad / "model.safetensors"))
+    weights["midlayer.self_attn.query.weight"] = weights.pop("midlayer.self_attn.q_proj.weight")
+    save_file(weights, str(bad / "model.safetensors"))
+    report = check_with_sglang([bad], work / "base")[0]
+    assert any("qkv_proj" in p for p in report["problems"]), report
+
+
+def test_engines_that_cannot_capture_a_layer_are_refused(served, drafters, tmp_path):
+    """Feature layer 3 of a 4-layer base is the last block's output: vLLM records it, SGLang never captures it
+    (it reads block k's output at block k+1's input), so the SGLang export is refused with the rule."""
+    work, _ = served
+    cfg = make_cfg(tmp_path, str(work / "base"), str(work / "convs.jsonl"), algorithm__name="eagle3",
+                   data__mode="online", data__aux_layer_ids=[0, 2, 3], training__max_steps=2,
+                   training__save_steps=1000)
+    train.run(cfg, [])
+    cfg.export.to, cfg.export.out = "sglang", str(tmp_path / "sglang")
+    with pytest.raises(ConfigError, match="sglang cannot feed this drafter.*within 0..2"):
+        export.run(cfg, [])
+    cfg.export.to, cfg.export.out = "vllm", str(tmp_path / "vllm")
+    export.run(cfg, [])
+    assert json.loads((tmp_path / "vllm" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]
