@@ -47,7 +47,14 @@ def chat(base_url: str, model: str, messages: list[dict], max_tokens: int) -> di
         return json.loads(r.read())
 
 
-def run_client(base_url: str, questions: list[dict], max_tokens: int, model: str = "default") -> dict:
+def served_model(base_url: str) -> str:
+    """The id the server serves (GET /v1/models): servers answer an unknown `model` with a 404."""
+    with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=60) as r:
+        return json.loads(r.read())["data"][0]["id"]
+
+
+def run_client(base_url: str, questions: list[dict], max_tokens: int, model: str | None = None) -> dict:
+    model = model or served_model(base_url)
     tokens = steps = 0
     answers = []
     t0 = time.perf_counter()

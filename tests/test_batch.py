@@ -101,3 +101,23 @@ def test_batched_sampling_rows_are_independent_draws(setup):
     noise = max(0.5 * float((torch.bincount(torch.multinomial(probs, 600, True, generator=gen), minlength=probs.numel())
                              / 600 - probs).abs().sum()) for _ in range(20))
     assert tv <= noise * 1.25, (tv, noise)
+
+
+def test_per_row_limits_and_cancellation(setup):
+    """The server's batch: each row its own max_new_tokens (equal to that row decoded alone with that limit), and a
+    row cancelled mid-way stops at the next step while the others go on untouched."""
+    base, drafters, prompts, refs = setup
+    limits = [3, 16, 9, 1]
+    out = speculative_decode_batch(base, drafters["eagle2"], prompts[:4], limits, EOS, **STRATEGIES["tree"])
+    for p, n, r in zip(prompts[:4], limits, out):
+        assert r.tokens == base_decode(base, p, n, EOS).tokens
+    seen = {}
+
+    def watch(r, new):
+        seen[r] = len(new)
+
+    out = speculative_decode_batch(base, drafters["eagle2"], prompts[:4], 16, set(), **STRATEGIES["chain"],
+                                   on_tokens=watch, cancelled=lambda r: r == 1 and seen.get(1, 0) >= 2)
+    assert 2 <= out[1].new_tokens < 16 and out[1].tokens == base_decode(base, prompts[1], 16, set()).tokens[
+        :len(out[1].tokens)]
+    assert [r.new_tokens for i, r in enumerate(out) if i != 1] == [16, 16, 16]

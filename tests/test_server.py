@@ -1,7 +1,9 @@
 """The OpenAI-compatible server over loopback: chat and completions, streaming and not, greedy output identical to
 the base's, clear 4xx errors, and a bounded load test with concurrent clients."""
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +48,7 @@ def post(url, payload, raw=None):
 def test_health_and_models(server):
     url, _ = server
     with urllib.request.urlopen(url + "/health") as r:
-        assert json.loads(r.read()) == {"status": "ok"}
+        assert json.loads(r.read())["status"] == "ok"
     with urllib.request.urlopen(url + "/v1/models") as r:
         assert json.loads(r.read())["data"][0]["id"] == "tiny"
 
@@ -97,20 +99,25 @@ def test_malformed_requests_get_4xx_json(server, raw, payload, status, param):
     assert code == 404 and "error" in json.loads(body)
 
 
-def test_concurrent_clients(server):
-    """8 clients at once (bounded: 12 new tokens each): every answer is complete and equals the greedy output."""
+def test_concurrent_clients_are_batched_and_answer_as_alone(server):
+    """16 clients at once (bounded: 6–20 new tokens each, different per client): requests decode together (the
+    batcher's largest batch holds more than one row) and every answer equals the request's sequential answer."""
     url, engine = server
-    prompts = [f"def function_{i}(value):\n" for i in range(8)]
+    jobs = [(f"def function_{i}(value):\n", 6 + i) for i in range(16)]
 
-    def one(p):
-        return json.loads(post(url + "/v1/completions", {"prompt": p, "max_tokens": 12})[1])
+    def one(job):
+        return json.loads(post(url + "/v1/completions", {"prompt": job[0], "max_tokens": job[1]})[1])
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, prompts))
-    for p, r in zip(prompts, results):
+    sequential = [one(j)["choices"][0]["text"] for j in jobs]
+    before = dict(engine.batcher.stats)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs))
+    assert [r["choices"][0]["text"] for r in results] == sequential
+    assert engine.batcher.stats["max_rows"] > 1 and engine.batcher.stats["batches"] - before["batches"] < 16
+    for (p, max_tokens), text in zip(jobs[:4], sequential):
         ids = engine.base.tokenizer(p, add_special_tokens=False)["input_ids"]
-        want = hf_greedy(engine.base, ids, 12, engine.eos)[len(ids):]
-        assert r["choices"][0]["text"] == engine.base.tokenizer.decode(want, skip_special_tokens=True)
+        want = hf_greedy(engine.base, ids, max_tokens, engine.eos)[len(ids):]
+        assert text == engine.base.tokenizer.decode(want, skip_special_tokens=True)
 
 
 def test_mt_bench_client_against_our_server(server, tmp_path):
@@ -140,3 +147,119 @@ def test_mt_bench_client_against_our_server(server, tmp_path):
                           str(qfile), "--base", "B", "--draft", str(draft), "--dry-run"],
                          capture_output=True, text=True, check=True).stdout
     assert "sglang.launch_server --model-path B" in out and "--speculative-algorithm EAGLE3" in out
+
+
+def raw_request(url: str, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """A hand-written HTTP request (headers a client library would refuse to send) → status, JSON body."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize("raw,payload,status,param", [
+    (b'{"prompt": "x", "temperature": NaN}', None, 400, "temperature"),
+    (b'{"prompt": "x", "top_p": Infinity}', None, 400, "top_p"),
+    (None, {"prompt": "x", "seed": 2**70}, 400, "seed"),
+    (None, {"prompt": "x", "seed": "7"}, 400, "seed"),
+    (None, {"prompt": "x", "model": "gpt-4"}, 404, "model"),
+    (None, {"prompt": "x", "n": 0}, 400, "n"),
+    (None, {"prompt": "x", "n": 1000}, 400, "n"),
+    (None, {"prompt": "x", "stop": 5}, 400, "stop"),
+    (None, {"prompt": "x", "stop": ["a", ""]}, 400, "stop"),
+    (None, {"prompt": "x", "logprobs": True}, 400, "logprobs"),
+    (None, {"prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    (None, {"prompt": "word " * 1100, "max_tokens": 8}, 400, "prompt"),
+    (b"[1, 2]", None, 400, None),
+    (b"\xff\xfe", None, 400, None),
+])
+def test_every_bad_field_is_a_4xx_json_error(server, raw, payload, status, param):
+    url, _ = server
+    code, body = post(url + "/v1/completions", payload, raw)
+    err = json.loads(body)["error"]
+    assert code == status and err["param"] == param and err["message"], body
+    assert post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("length,status", [("abc", 400), ("-5", 400), ("1e3", 400), (str(1 << 30), 413)])
+def test_bad_content_length_is_answered_not_dropped(server, length, status):
+    url, _ = server
+    code, body = raw_request(url, f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}",
+                             b'{"prompt": "x"}')
+    assert code == status and "Content-Length" in body["error"]["message"] or "exceeds" in body["error"]["message"]
+
+
+def test_stop_strings_and_n_are_honoured(server):
+    url, engine = server
+    payload = {"prompt": "def read_config(path):\n", "max_tokens": 24}
+    full = json.loads(post(url + "/v1/completions", payload)[1])["choices"][0]["text"]
+    stop = full[6:9]
+    assert len(stop) == 3
+    out = json.loads(post(url + "/v1/completions", {**payload, "stop": [stop, "never-there"]})[1])
+    assert out["choices"][0]["text"] == full[:full.index(stop)] and out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] < json.loads(post(url + "/v1/completions", payload)[1])["usage"][
+        "completion_tokens"]
+    out = json.loads(post(url + "/v1/completions", {**payload, "n": 3})[1])
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2] and {c["text"] for c in out["choices"]} == {full}
+    status, body = post(url + "/v1/completions", {**payload, "n": 2, "stream": True, "stop": stop})
+    chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+    for c in (0, 1):
+        assert "".join(k["choices"][0]["text"] for k in chunks if k["choices"][0]["index"] == c) == full[
+            :full.index(stop)]
+    sampled = json.loads(post(url + "/v1/completions", {**payload, "n": 2, "temperature": 1.0, "seed": 3})[1])
+    again = json.loads(post(url + "/v1/completions", {**payload, "n": 2, "temperature": 1.0, "seed": 3})[1])
+    assert [c["text"] for c in sampled["choices"]] == [c["text"] for c in again["choices"]]  # a seed reproduces
+
+
+def test_an_internal_error_is_a_500_json_body_and_the_server_keeps_serving(server):
+    url, engine = server
+    real = engine.batcher.run_batch
+
+    def broken(jobs):
+        raise RuntimeError("simulated failure inside the decoder")
+
+    engine.batcher.run_batch = broken
+    try:
+        code, body = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 4})
+        assert code == 500 and "simulated failure" in json.loads(body)["error"]["message"]
+        status, body = post(url + "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                            "max_tokens": 4, "stream": True})
+        assert status == 200 and "simulated failure" in body
+    finally:
+        engine.batcher.run_batch = real
+    assert post(url + "/v1/completions", {"prompt": "x", "max_tokens": 4})[0] == 200
+
+
+@pytest.fixture(scope="module")
+def long_server(server):
+    """The same pair with no end-of-sequence token and a high max_tokens limit: requests run until cancelled."""
+    _, engine = server
+    long_engine = Engine(engine.base, engine.drafter, engine.params, set(), "tiny", max_tokens_limit=900,
+                         default_max_tokens=900)
+    srv = build_server(long_engine, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", long_engine
+    srv.shutdown()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_disconnects_stops_its_decode(long_server, stream):
+    url, engine = long_server
+    host, port = url.removeprefix("http://").split(":")
+    before = engine.batcher.stats["cancelled"]
+    body = json.dumps({"prompt": "def f(x):\n", "max_tokens": 900, "stream": stream}).encode()
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    if stream:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.close()
+    deadline = time.time() + 120
+    while engine.batcher.stats["cancelled"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.batcher.stats["cancelled"] == before + 1
+    assert engine.batcher.stats["cancelled_tokens"] < 900 * (before + 1)
+    assert post(url + "/v1/completions", {"prompt": "x", "max_tokens": 3})[0] == 200

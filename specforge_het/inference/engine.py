@@ -100,10 +100,11 @@ def next_tokens_of(logits: torch.Tensor, sampling: Sampling, gen) -> torch.Tenso
 
 class _Rows:
     """Book-keeping of a batch whose rows finish at different times: results per original prompt, the
-    live rows' original indices, and the batch wall time shared out over the prompts at the end."""
+    live rows' original indices, and the batch wall time shared out over the prompts at the end. max_new is one
+    limit per prompt; cancelled(prompt index) → True stops a row early (a client gone, a stop string seen)."""
 
-    def __init__(self, prompts, max_new, eos):
-        self.prompts, self.max_new, self.eos = prompts, max_new, eos
+    def __init__(self, prompts, max_new: list[int], eos, cancelled=None):
+        self.prompts, self.max_new, self.eos, self.cancelled = prompts, max_new, eos, cancelled
         self.results = [DecodeResult(tokens=list(p)) for p in prompts]
         self.live = list(range(len(prompts)))
         self.t0 = time.perf_counter()
@@ -116,10 +117,14 @@ class _Rows:
             r.accepted.append(accepted)
             r.iteration_seconds.append(seconds)
 
+    def new_tokens(self, r: int) -> list[int]:
+        return truncate(self.results[r].tokens[len(self.prompts[r]):], self.max_new[r], self.eos)
+
     def done(self) -> torch.Tensor | None:
         """Drop finished rows; → the kept rows' current batch indices (None when nothing changed)."""
         keep = [i for i, r in enumerate(self.live)
-                if not finished(self.results[r].tokens, len(self.prompts[r]), self.max_new, self.eos)]
+                if not finished(self.results[r].tokens, len(self.prompts[r]), self.max_new[r], self.eos)
+                and not (self.cancelled is not None and self.cancelled(r))]
         if len(keep) == len(self.live):
             return None
         self.live = [self.live[i] for i in keep]
@@ -127,23 +132,26 @@ class _Rows:
 
     def close(self) -> list[DecodeResult]:
         wall = time.perf_counter() - self.t0
-        for p, r in zip(self.prompts, self.results):
-            r.seconds = wall / len(self.prompts)  # so that summing over prompts gives the wall time
-            r.tokens = list(p) + truncate(r.tokens[len(p):], self.max_new, self.eos)
-            r.new_tokens = len(r.tokens) - len(p)
+        for r, (p, res) in enumerate(zip(self.prompts, self.results)):
+            res.seconds = wall / len(self.prompts)  # so that summing over prompts gives the wall time
+            res.tokens = list(p) + self.new_tokens(r)
+            res.new_tokens = len(res.tokens) - len(p)
         return self.results
 
 
-@torch.no_grad()
+def per_row(max_new_tokens: int | list[int], n: int) -> list[int]:
+    return list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
+
+
 def base_decode_batch(base, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
                       sampling: Sampling = Sampling()) -> list[DecodeResult]:
     """Plain one-token-per-forward decoding of a left-padded batch with a KV cache (greedy or sampled): the
     reference and speed baseline. Finished rows leave the batch."""
     dev = base.device
     gen = sampling.generator(dev)
-    rows = _Rows(prompts, max_new_tokens, eos)
+    rows = _Rows(prompts, per_row(max_new_tokens, len(prompts)), eos)
     ids, valid, pos = left_pad(prompts, dev)
-    cache = full_cache(base, ids.shape[1] + max_new_tokens)
+    cache = full_cache(base, ids.shape[1] + max(rows.max_new))
     _, logits = base.forward(ids, attention_mask=padded_causal_mask(valid, None, base.dtype), position_ids=pos,
                              past_key_values=cache)
     nxt = next_tokens_of(logits[:, -1], sampling, gen)
@@ -173,14 +181,15 @@ def base_decode(base, prompt: list[int], max_new_tokens: int, eos: set[int],
 
 
 @torch.no_grad()
-def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
-                             depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
+def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_tokens: int | list[int],
+                             eos: set[int], depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
                              on_tokens=None, best_first: bool = False,
-                             force_accept: bool = False, drafting=None) -> list[DecodeResult]:
+                             force_accept: bool = False, drafting=None, cancelled=None) -> list[DecodeResult]:
     """Speculative decoding of a left-padded batch, each sequence with its own tree and its own accepted length.
     Greedy: every row token-identical to `base_decode`. Sampling: recursive rejection sampling per row, distributed
     exactly as base sampling. on_tokens(prompt index, new tokens so far): called after the prefill and after every
-    verify step (truncated at max_new_tokens / EOS), for streaming.
+    verify step (truncated at max_new_tokens / EOS), for streaming. max_new_tokens: one limit, or one per prompt;
+    cancelled(prompt index) → True ends that row at the next step boundary (the server: client gone, stop string).
     force_accept (timing benchmarks only — the output is NOT the base's): every verify step accepts the path to
     its tree's deepest node, as if the base agreed with the drafter, so a random-weight base can be timed at full depth.
     Slots of rejected nodes are not kept; a row that accepts fewer nodes than the longest row of its step leaves
@@ -190,9 +199,9 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
     drafter state for a hit (the drafter then neither consumes the accepted tokens nor drafts) or None."""
     dev = base.device
     gen = sampling.generator(dev)
-    rows = _Rows(prompts, max_new_tokens, eos)
+    rows = _Rows(prompts, per_row(max_new_tokens, len(prompts)), eos, cancelled)
     ids, base_valid, pos = left_pad(prompts, dev)
-    base_cache = full_cache(base, ids.shape[1] + max_new_tokens + total_tokens + 1)
+    base_cache = full_cache(base, ids.shape[1] + max(rows.max_new) + total_tokens + 1)
     draft_cache = drafter.new_cache(base_cache)
     feature_layers = drafter.feature_layers
     hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(base_valid, None, base.dtype),
@@ -208,7 +217,7 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
     def stream():
         if on_tokens is not None:
             for r in rows.live:
-                on_tokens(r, truncate(rows.results[r].tokens[len(prompts[r]):], max_new_tokens, eos))
+                on_tokens(r, rows.new_tokens(r))
 
     stream()
     if drafting is not None and len(prompts) != 1:

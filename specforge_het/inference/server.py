@@ -3,56 +3,113 @@
     python -m specforge_het.inference.server --@demo --@eagle2 [--serve.port 8000] [--inference.drafter_path DIR]
 
 Endpoints: POST /v1/chat/completions (also `"stream": true`, server-sent events), POST /v1/completions,
-GET /v1/models, GET /health. Responses carry the usual `usage` plus `spec` (verify steps, τ). Malformed requests get a
-4xx JSON error `{"error": {"message", "type", "param"}}`. The engine decodes one request at a time (batch 1);
-concurrent requests wait their turn. Greedy (temperature 0, the default) output is token-identical to the base's.
+GET /v1/models, GET /health (with the batcher's counters). Responses carry the usual `usage` plus `spec` (verify
+steps, τ). Every bad request gets a 4xx JSON error `{"error": {"message", "type", "param", "code"}}` (an unknown
+`model` a 404), an internal failure a 500 JSON body, and the server keeps serving. Concurrent requests decode
+together (batcher.py: up to serve.max_batch rows, gathered for serve.batch_wait_ms); `n` choices are rows of the
+batch, `stop` strings end a row early, and a client that disconnects has its rows dropped at the next step.
+Greedy (temperature 0, the default) output is token-identical to the base's, batched or not.
 """
 from __future__ import annotations
 
-import logging
 import json
-import threading
+import logging
+import math
+import select
+import socket
 import time
 import uuid
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import render
-from .engine import Sampling, speculative_decode
+from .batcher import Batcher, Job
+from .engine import Sampling, speculative_decode_batch
 
 log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 8 << 20
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.param = status, param
+        self.status, self.param, self.code = status, param, code
+
+
+# Request fields that would change the answer in ways this server does not implement: refused, never ignored.
+UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+               "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "tools": (None, []),
+               "tool_choice": (None, "none"), "functions": (None, []), "response_format": (None, {"type": "text"}),
+               "best_of": (None, 1), "echo": (None, False), "suffix": (None, "")}
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def _number(body: dict, name: str, default: float, ok, expected: str) -> float:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise RequestError(400, f"{name} must be {expected}, got {value!r}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RequestError(400, f"{name} must be an integer in [{low}, {high}], got {value!r}", name)
+    return value
 
 
 class Engine:
-    """The base + drafter pair behind a lock, with the request-level checks."""
+    """The base + drafter pair behind a request batcher, with the request-level checks."""
 
     def __init__(self, base, drafter, params: dict, eos: set[int], model_name: str, max_tokens_limit: int,
-                 default_max_tokens: int):
+                 default_max_tokens: int, max_batch: int = 8, batch_wait_ms: float = 20.0):
         self.base, self.drafter, self.params, self.eos = base, drafter, params, eos
         self.model_name, self.limit, self.default_max = model_name, max_tokens_limit, default_max_tokens
-        self.lock = threading.Lock()
+        self.max_batch = max_batch
+        config = base.config
+        self.context = min(x for x in (getattr(config, "max_position_embeddings", None), base.sliding_window,
+                                       10**9) if x)
+        self.batcher = Batcher(self.run_batch, max_batch, batch_wait_ms / 1000)
 
-    def sampling(self, body: dict) -> Sampling:
-        try:
-            temperature, top_p = float(body.get("temperature", 0.0)), float(body.get("top_p", 1.0))
-            return Sampling(temperature, top_p, int(body.get("seed", 0)))
-        except (TypeError, ValueError) as e:
-            raise RequestError(400, f"bad sampling parameters: {e}", "temperature") from None
+    def check(self, body: dict) -> None:
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise RequestError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                               "model", "model_not_found")
+        for name, defaults in UNSUPPORTED.items():
+            if name in body and body[name] not in defaults:
+                raise RequestError(400, f"{name} is not supported by this server (leave it out)", name)
 
-    def max_tokens(self, body: dict) -> int:
-        value = body.get("max_tokens", body.get("max_completion_tokens", self.default_max))
+    def sampling(self, body: dict) -> tuple[Sampling, bool]:
+        temperature = _number(body, "temperature", 0.0, lambda v: v >= 0, "a finite number >= 0")
+        top_p = _number(body, "top_p", 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        seeded = body.get("seed") is not None
+        seed = _integer(body, "seed", 0, *SEED_RANGE) if seeded else 0
+        return Sampling(temperature, top_p, seed), seeded
+
+    def max_tokens(self, body: dict, prompt: list[int]) -> int:
+        name = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+        value = body.get(name, self.default_max)
+        if value is None:
+            value = self.default_max
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise RequestError(400, f"max_tokens must be a positive integer, got {value!r}", "max_tokens")
+            raise RequestError(400, f"{name} must be a positive integer, got {value!r}", name)
         if value > self.limit:
-            raise RequestError(400, f"max_tokens {value} exceeds this server's limit of {self.limit}", "max_tokens")
+            raise RequestError(400, f"{name} {value} exceeds this server's limit of {self.limit}", name)
+        if len(prompt) + value > self.context:
+            raise RequestError(400, f"this model's context is {self.context} tokens; the prompt has {len(prompt)} "
+                               f"and {name} asks for {value} more", "messages" if "messages" in body else "prompt")
         return value
+
+    def choices(self, body: dict) -> tuple[int, tuple[str, ...]]:
+        n = _integer(body, "n", 1, 1, self.max_batch)
+        stop = body.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+            raise RequestError(400, "stop must be a non-empty string or a list of up to 4 of them", "stop")
+        return n, tuple(stop)
 
     def prompt(self, body: dict, chat: bool) -> list[int]:
         tok = self.base.tokenizer
@@ -71,14 +128,43 @@ class Engine:
             raise RequestError(400, "prompt must be a non-empty string", "prompt")
         return tok(prompt, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompt: list[int], max_tokens: int, sampling: Sampling, on_tokens=None):
-        with self.lock:
-            return speculative_decode(self.base, self.drafter, prompt, max_tokens, self.eos, **self.params,
-                                      sampling=sampling, on_tokens=on_tokens)
+    def job(self, body: dict, chat: bool) -> Job:
+        """A checked request, ready for the batcher (every 4xx is raised here, before any decoding)."""
+        self.check(body)
+        prompt = self.prompt(body, chat)
+        max_tokens = self.max_tokens(body, prompt)
+        sampling, seeded = self.sampling(body)
+        n, stop = self.choices(body)
+        decode = partial(self.base.tokenizer.decode, skip_special_tokens=True)
+        return Job(prompt, max_tokens, sampling, decode, n, stop, seeded, bool(body.get("stream")))
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Every choice of every job as one row of a ragged batch (the batcher groups jobs of one sampler)."""
+        owners = [(job, c) for job in jobs for c in range(job.n)]
+        results = speculative_decode_batch(
+            self.base, self.drafter, [job.prompt for job, _ in owners], [job.max_tokens for job, _ in owners],
+            self.eos, **self.params, sampling=jobs[0].sampling,
+            on_tokens=lambda r, new: owners[r][0].observe(owners[r][1], new),
+            cancelled=lambda r: owners[r][0].cancelled(owners[r][1]))
+        for (job, c), res in zip(owners, results):
+            job.observe(c, res.tokens[len(job.prompt):], final=True)
+            job.steps += res.steps
+            job.emitted += res.emitted
+
+    def generate(self, job: Job) -> Job:
+        """Submit and wait (non-streaming)."""
+        self.batcher.submit(job)
+        job.done.wait()
+        return job
 
 
-def _finish_reason(new_tokens: list[int], max_tokens: int, eos: set[int]) -> str:
-    return "stop" if new_tokens and new_tokens[-1] in eos else ("length" if len(new_tokens) >= max_tokens else "stop")
+def _peer_closed(sock) -> bool:
+    """True when the client has closed its end (readable with nothing to read) — the socket is only peeked."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def make_handler(engine: Engine):
@@ -96,87 +182,120 @@ def make_handler(engine: Engine):
             self.end_headers()
             self.wfile.write(data)
 
-        def _error(self, status: int, message: str, param=None) -> None:
+        def _error(self, status: int, message: str, param=None, code=None) -> None:
             kind = "invalid_request_error" if status < 500 else "server_error"
-            self._json(status, {"error": {"message": message, "type": kind, "param": param}})
+            self._json(status, {"error": {"message": message, "type": kind, "param": param, "code": code}})
 
         def do_GET(self):
             if self.path == "/health":
-                self._json(200, {"status": "ok"})
+                self._json(200, {"status": "ok", **engine.batcher.stats})
             elif self.path == "/v1/models":
                 self._json(200, {"object": "list", "data": [{"id": engine.model_name, "object": "model",
                                                              "owned_by": "specforge_het"}]})
             else:
                 self._error(404, f"no route GET {self.path}")
 
+        def _body(self) -> dict:
+            raw = self.headers.get("Content-Length", "0").strip()
+            if not raw.isdigit():
+                self.close_connection = True  # the body's extent is unknown: nothing more can be read from here
+                raise RequestError(400, f"Content-Length must be a non-negative integer, got {raw!r}")
+            length = int(raw)
+            if length > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise RequestError(413, f"request body of {length} bytes exceeds {MAX_BODY_BYTES}")
+            try:
+                body = json.loads(self.rfile.read(length) or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RequestError(400, f"request body is not valid JSON: {e}") from None
+            if not isinstance(body, dict):
+                raise RequestError(400, "request body must be a JSON object")
+            return body
+
         def do_POST(self):
             chat = self.path == "/v1/chat/completions"
-            if not chat and self.path != "/v1/completions":
-                return self._error(404, f"no route POST {self.path}")
             try:
-                length = int(self.headers.get("Content-Length", "0"))
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except json.JSONDecodeError as e:
-                    raise RequestError(400, f"request body is not valid JSON: {e}") from None
-                if not isinstance(body, dict):
-                    raise RequestError(400, "request body must be a JSON object")
-                prompt, max_tokens = engine.prompt(body, chat), engine.max_tokens(body)
-                sampling = engine.sampling(body)
-                if body.get("stream"):
-                    return self._stream(prompt, max_tokens, sampling, chat)
-                res = engine.generate(prompt, max_tokens, sampling)
+                if not chat and self.path != "/v1/completions":
+                    self.close_connection = True
+                    raise RequestError(404, f"no route POST {self.path}")
+                job = engine.job(self._body(), chat)
+                if job.stream:
+                    return self._stream(job, chat)
+                job.gone = partial(_peer_closed, self.connection)
+                engine.generate(job)
+                if job.error is not None:
+                    raise job.error
+                self._json(200, self._response(job, chat))
             except RequestError as e:
-                return self._error(e.status, str(e), e.param)
-            new = res.tokens[len(prompt):]
-            text = engine.base.tokenizer.decode(new, skip_special_tokens=True)
-            choice = {"index": 0, "finish_reason": _finish_reason(new, max_tokens, engine.eos)}
-            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            self._json(200, {
-                "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}",
-                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": engine.model_name, "choices": [choice],
-                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(new),
-                          "total_tokens": len(prompt) + len(new)},
-                "spec": {"verify_steps": res.steps, "tau": res.emitted / max(1, res.steps)},
-            })
+                self._error(e.status, str(e), e.param, e.code)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            except Exception as e:  # noqa: BLE001 — a 500 JSON body, and the server keeps serving
+                log.exception("request failed")
+                self.close_connection = True
+                self._error(500, f"internal error: {type(e).__name__}: {e}")
 
-        def _stream(self, prompt, max_tokens, sampling, chat):
+        def _response(self, job: Job, chat: bool) -> dict:
+            choices = []
+            for c in range(job.n):
+                choice = {"index": c, "finish_reason": job.finish_reason(c, engine.eos)}
+                choice.update({"message": {"role": "assistant", "content": job.texts[c]}} if chat
+                              else {"text": job.texts[c]})
+                choices.append(choice)
+            completion = sum(job.completion_tokens(c) for c in range(job.n))
+            return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}",
+                    "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                    "model": engine.model_name, "choices": choices,
+                    "usage": {"prompt_tokens": len(job.prompt), "completion_tokens": completion,
+                              "total_tokens": len(job.prompt) + completion},
+                    "spec": {"verify_steps": job.steps, "tau": job.emitted / max(1, job.steps)}}
+
+        def _stream(self, job: Job, chat: bool):
+            rid, sent = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}", [""] * job.n
+
+            def chunk(c: int, delta: dict, finish=None) -> dict:
+                body = {"index": c, "finish_reason": finish}
+                body.update({"delta": delta} if chat else {"text": delta.get("content", "")})
+                return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": int(time.time()), "model": engine.model_name, "choices": [body]}
+
+            def event(payload) -> None:
+                if job.client_left:
+                    return
+                try:
+                    self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    job.client_left = True  # the batch drops this request's rows at its next step
+
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
             self.end_headers()
-            rid, sent = f"chatcmpl-{uuid.uuid4().hex[:12]}", [""]
-            tok = engine.base.tokenizer
-
-            def event(payload) -> None:
-                self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
-                self.wfile.flush()
-
-            def chunk(delta: dict, finish=None) -> dict:
-                body = {"index": 0, "finish_reason": finish}
-                body.update({"delta": delta} if chat else {"text": delta.get("content", "")})
-                return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                        "created": int(time.time()), "model": engine.model_name, "choices": [body]}
-
-            def on_tokens(new_tokens: list[int], final: bool = False) -> None:
-                text = tok.decode(new_tokens, skip_special_tokens=True)
-                if text.endswith("\ufffd") and not final:  # maybe an incomplete multi-byte character: wait
-                    return
-                if len(text) > len(sent[0]) and text.startswith(sent[0]):
-                    event(chunk({"content": text[len(sent[0]):]}))
-                    sent[0] = text
-
-            if chat:
-                event(chunk({"role": "assistant"}))
-            res = engine.generate(prompt, max_tokens, sampling, on_tokens)
-            new = res.tokens[len(prompt):]
-            on_tokens(new, final=True)
-            event(chunk({}, _finish_reason(new, max_tokens, engine.eos)))
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
             self.close_connection = True
+            if chat:
+                for c in range(job.n):
+                    event(chunk(c, {"role": "assistant"}))
+            engine.batcher.submit(job)
+            while (item := job.events.get()) is not None:
+                c, text = item
+                if len(text) > len(sent[c]) and text.startswith(sent[c]):
+                    event(chunk(c, {"content": text[len(sent[c]):]}))
+                    sent[c] = text
+            if job.error is not None:
+                event({"error": {"message": f"internal error: {type(job.error).__name__}: {job.error}",
+                                 "type": "server_error", "param": None, "code": None}})
+            else:
+                for c in range(job.n):
+                    event(chunk(c, {}, job.finish_reason(c, engine.eos)))
+            if not job.client_left:
+                event_done = b"data: [DONE]\n\n"
+                try:
+                    self.wfile.write(event_done)
+                    self.wfile.flush()
+                except OSError:
+                    pass
 
     return Handler
 
@@ -200,7 +319,7 @@ def run(cfg: RunConfig, presets: list[str]) -> None:
     strategy = "tree" if cfg.inference.strategy in ("both", "all") else cfg.inference.strategy
     engine = Engine(base, drafter, strategy_params(cfg, strategy), eos_ids(base),
                     cfg.serve.model_name or Path(cfg.inference.drafter_path).name, cfg.serve.max_tokens_limit,
-                    cfg.serve.default_max_tokens)
+                    cfg.serve.default_max_tokens, cfg.serve.max_batch, cfg.serve.batch_wait_ms)
     save_resolved_config(cfg, Path(cfg.inference.output_dir), "serve", presets)
     server = build_server(engine, cfg.serve.host, cfg.serve.port)
     log.info(f"serving {engine.model_name} ({strategy}) on http://{cfg.serve.host}:{server.server_address[1]}/v1")
