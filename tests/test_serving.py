@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.serving,
                                  "`python -m specforge_het.serving.env` (CI builds it before the tests)")]
 DEPTH, MAX_NEW, N_PROMPTS = 3, 40, 6
 DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); the first trains longest
-    "eagle3_full": ("eagle3", {"training__max_steps": 200}, ("vllm", "sglang")),
+    "eagle3_full": ("eagle3", {"training__max_steps": 200, "training__learning_rate": 1e-2}, ("vllm", "sglang")),
     "eagle3_reduced": ("eagle3", {"modeling__draft_vocab_size": 256}, ("vllm", "sglang")),
     "eagle3_narrow": ("eagle3", {"modeling__draft_hidden_size": 64, "modeling__embedding": "own"}, ("vllm", "sglang")),
     "eagle3_wide": ("eagle3", {"modeling__draft_hidden_size": 192, "modeling__embedding": "own"}, ("vllm", "sglang")),
@@ -77,13 +77,13 @@ def drafters(served):
     work, base = served
     out = {}
     for name, (algorithm, overrides, engines) in DRAFTERS.items():
-        # EAGLE-3 trains its own head (the eagle3 preset's choice) unless the variant says otherwise
-        settings = {"training__max_steps": 80, **({"modeling__lm_head": "own"} if algorithm == "eagle3" else {}),
-                    **overrides}
+        # EAGLE-3 trains its own head (the eagle3 preset's choice) unless the variant says otherwise, unrolled to the
+        # chain depth served (TTT 3, half the cost of the preset's 7 at the same τ here)
+        eagle3 = {"modeling__lm_head": "own", "algorithm__ttt_length": DEPTH} if algorithm == "eagle3" else {}
+        settings = {"training__max_steps": 80, "training__learning_rate": 3e-3, **eagle3, **overrides}
         cfg = make_cfg(work / name, str(work / "base"), str(work / "convs.jsonl"), algorithm__name=algorithm,
                        data__mode="online", data__aux_layer_ids=[0, 1, 2], training__per_device_train_batch_size=8,
-                       training__learning_rate=3e-3, training__logging_steps=50, training__save_steps=1000,
-                       **settings)
+                       training__logging_steps=50, training__save_steps=1000, **settings)
         train.run(cfg, [])
         drafter = Path(cfg.training.output_dir)
         for engine in engines:
@@ -162,7 +162,8 @@ def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):
     reports = check_with_sglang([drafters[n] / "sglang" for n in names], work / "base")
     for name, report in zip(names, reports):
         assert "error" not in report, f"{name}: {report.get('error')}\n{report.get('traceback')}"
-        assert report["problems"] == [] and report["checked"] >= 8, (name, report)
+        assert report["problems"] == [] and report["checked"] >= 5, (name, report)
+        assert report["checked"] + len(report["from_target"]) >= report["parameters"], (name, report)  # + d2t
         # ... and the export holds the drafter's own weights (SGLang's layout ← our names, checked on our side).
         exported = load_file(str(drafters[name] / "sglang" / "model.safetensors"))
         ours = {k: v for k, v in load_drafter(drafters[name]).state_dict().items() if "rotary_emb" not in k}

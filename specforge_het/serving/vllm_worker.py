@@ -41,7 +41,8 @@ def one_run(job: dict, run: dict) -> dict:
 
     t0 = time.perf_counter()
     llm = LLM(model=job["base"], tokenizer=job["base"], dtype=job.get("dtype", "float32"), enforce_eager=True,
-              max_model_len=job.get("max_model_len", 1024), seed=run.get("seed", 0),
+              max_model_len=job.get("max_model_len", 1024),
+              seed=0 if run.get("seed") is None else run["seed"],  # None: requests draw independently
               speculative_config=run.get("speculative_config"), disable_log_stats=False)
     init_s = time.perf_counter() - t0
     params = SamplingParams(temperature=run.get("temperature", 0.0), top_p=run.get("top_p", 1.0),
