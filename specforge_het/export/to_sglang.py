@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
+from .eagle1_checks import check_eagle1_layout
 from ..modeling.draft_config import head_dim_of
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 
@@ -89,15 +90,7 @@ def eagle_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
     if cfg.model_type not in EAGLE1_ARCH:
         raise ConfigError(f"SGLang serves EAGLE-1/2 drafts of families {', '.join(EAGLE1_ARCH)}; this draft is "
                           f"{cfg.model_type} — retrain with one of them, or export to specforge_het")
-    if drafter.hf_config.hidden_size != drafter.base_hidden_size or drafter.out_proj is not None:
-        raise ConfigError("SGLang's EAGLE-1/2 drafts have the target's width; this draft's width differs "
-                          f"({drafter.hf_config.hidden_size} vs {drafter.base_hidden_size}) — use EAGLE-3 for that")
-    if drafter.own_lm_head or drafter.own_embedding:
-        raise ConfigError("SGLang's EAGLE-1/2 drafts take lm_head and embeddings from the target; this draft has "
-                          "its own (modeling.lm_head / modeling.embedding own) — use EAGLE-3 for that")
-    if drafter.first_layer_input_norm:
-        raise ConfigError("this EAGLE-1/2 draft normalises layer 0's input, which SGLang's layout does not have "
-                          "(it was trained before the official layout became the default); retrain it")
+    check_eagle1_layout(drafter, "SGLang")
     weights = _state(drafter, dtype)
     if "fc.bias" not in weights:  # a draft trained without one (modeling.fc_bias false): SGLang's fc has a bias
         weights["fc.bias"] = torch.zeros(drafter.fc.out_features, dtype=weights["fc.weight"].dtype)

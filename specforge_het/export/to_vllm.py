@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
+from .eagle1_checks import check_eagle1_layout
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .to_sglang import _llama_fields, _state
 
@@ -97,15 +98,7 @@ def eagle_to_vllm(drafter, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
     if cfg.model_type != "llama":
         raise ConfigError(f"vLLM's EAGLE-1 draft (EagleLlamaForCausalLM) is a Llama layer stack; this draft is "
                           f"{cfg.model_type} — retrain with modeling.draft_family llama, or use EAGLE-3")
-    if cfg.hidden_size != drafter.base_hidden_size or drafter.out_proj is not None:
-        raise ConfigError("vLLM's EAGLE-1 drafts have the target's width; this draft's differs — use EAGLE-3 "
-                          "(target_hidden_size) for that")
-    if drafter.own_lm_head or drafter.own_embedding:
-        raise ConfigError("vLLM's EAGLE-1 drafts take lm_head and embeddings from the target; this draft has its "
-                          "own — use EAGLE-3 for that")
-    if drafter.first_layer_input_norm:
-        raise ConfigError("this EAGLE-1/2 draft normalises layer 0's input, which vLLM's EAGLE-1 layout does not "
-                          "have; retrain it")
+    check_eagle1_layout(drafter, "vLLM")
     weights = _state(drafter, dtype)
     bias = weights.pop("fc.bias", None)
     if bias is not None and bool(bias.any()):
