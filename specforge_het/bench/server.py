@@ -62,6 +62,7 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
         t0 = time.perf_counter()
         serial = [_complete(url, p, n_new) for p in prompts]
         serial_row = _row("serial", 1, serial, time.perf_counter() - t0)
+        before = dict(engine.batcher.stats)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             concurrent = list(pool.map(lambda p: _complete(url, p, n_new), prompts))
@@ -71,7 +72,9 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     identical = sum(a["choices"][0]["text"] == b["choices"][0]["text"] for (_, a), (_, b) in zip(serial, concurrent))
     concurrent_row["identical_to_serial"] = f"{identical}/{len(prompts)}"
     concurrent_row["throughput_ratio"] = round(concurrent_row["tokens_per_s"] / serial_row["tokens_per_s"], 2)
-    concurrent_row["mean_rows_per_batch"] = round(engine.batcher.stats["rows"] / engine.batcher.stats["batches"], 2)
+    stats = engine.batcher.stats
+    concurrent_row["mean_rows_per_batch"] = round((stats["rows"] - before["rows"]) /
+                                                  max(1, stats["batches"] - before["batches"]), 2)
     rows = [serial_row, concurrent_row]
     out = Path(cfg.benchmark.output_dir)
     lines = [f"strategy {strategy}, {len(prompts)} requests × {n_new} new tokens (greedy), "
