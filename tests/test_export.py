@@ -119,7 +119,7 @@ def test_sglang_check_catches_misnamed_and_missing_keys(llama, tmp_path):
 def test_unservable_drafts_are_refused(llama, tmp_path):
     with pytest.raises(ConfigError, match="q/k norms"):
         export(make(llama, "eagle3", lm_head="own", draft_family="qwen3"), tmp_path)
-    with pytest.raises(ConfigError, match="draft.s differs \(16 vs"):
+    with pytest.raises(ConfigError, match=r"draft.s differs \(16 vs"):
         export(make(llama, "eagle2", draft_hidden_size=16), tmp_path)
     with pytest.raises(ConfigError, match="vLLM serves EAGLE-3 midlayers of the llama and qwen3 families"):
         export_vllm(make(llama, "eagle3", lm_head="own", draft_family="gemma2"), tmp_path / "v", None, "BASE", 5)
