@@ -26,8 +26,16 @@ def _run_worker(script: str, args: list[str], timeout: float) -> None:
         raise RuntimeError(f"{script} exited {done.returncode}:\n{done.stderr[-4000:]}")
 
 
+def _local(path: str) -> str:
+    """A local folder as an absolute path: the worker runs elsewhere, and vLLM reads a relative name as a hub id."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def run_vllm(job: dict, timeout: float = 1800) -> list[dict]:
     """Run the job's engine configurations with vLLM (see vllm_worker.py) → one result per run, in order."""
+    job = {**job, "base": _local(job["base"]), "runs": [
+        {**r, "speculative_config": r.get("speculative_config") and {
+            **r["speculative_config"], "model": _local(r["speculative_config"]["model"])}} for r in job["runs"]]}
     with tempfile.TemporaryDirectory() as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
