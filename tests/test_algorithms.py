@@ -73,6 +73,7 @@ def test_default_feature_layers():
 @pytest.mark.parametrize("name,modeling", [("eagle3", dict(lm_head="own")),
                                            ("eagle3", dict(lm_head="own", embedding="own", draft_hidden_size=16,
                                                            draft_family="qwen3")),
+                                           ("eagle3", dict(lm_head="own", fc_norm=True, norm_output=True)),
                                            ("eagle2", dict(draft_layers=2))])
 def test_unrolled_training_attention_equals_inference(base, name, modeling):
     """Unroll step i at row t must equal the drafter run the inference way: cache over rows ≤ t from base
@@ -109,7 +110,8 @@ def test_ttt_length_one_is_the_plain_forward(base):
 
 
 @pytest.mark.parametrize("modeling", [dict(lm_head="own"),
-                                      dict(lm_head="own", embedding="own", draft_hidden_size=16, draft_family="qwen3")])
+                                      dict(lm_head="own", embedding="own", draft_hidden_size=16, draft_family="qwen3"),
+                                      dict(lm_head="own", fc_norm=True, norm_output=True)])  # EAGLE-3.1
 def test_eagle3_trains_decodes_losslessly_and_reloads(base, modeling, tmp_path):
     drafter = make(base, "eagle3", **modeling)
     data = eagle3_batches(base, 3, seed=3)
@@ -121,10 +123,35 @@ def test_eagle3_trains_decodes_losslessly_and_reloads(base, modeling, tmp_path):
     drafter.save_pretrained(tmp_path)
     again = load_drafter(tmp_path).attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
     assert isinstance(again, Eagle3Drafter) and again.feature_layers == LAYERS
+    assert (again.fc_norm, again.norm_output) == (drafter.fc_norm, drafter.norm_output)
     for p in PROMPTS:
         a = speculative_decode(base, drafter.eval(), p, 10, EOS, depth=3, top_k=3, total_tokens=8)
         b = speculative_decode(base, again, p, 10, EOS, depth=3, top_k=3, total_tokens=8)
         assert a.tokens == b.tokens and a.accepted == b.accepted
+
+
+def test_eagle3_1_flags_change_the_computation(base):
+    """fc_norm normalises each fused feature before fc (a feature scaled by 10 gives the same fc input), and
+    norm_output hands the next step norm(o) — the logits read it without a second norm."""
+    plain = make(base, "eagle3", lm_head="own").eval()
+    flagged = make(base, "eagle3", lm_head="own", fc_norm=True, norm_output=True).eval()
+    assert set(flagged.state_dict()) - set(plain.state_dict()) == {f"fc_norms.{i}.weight" for i in range(3)}
+    batch = eagle3_batches(base, 1)[0]
+    feats, ids = batch["aux_hidden"][:1, :6], batch["input_ids"][:1, 1:7]
+    pos = torch.arange(6)[None]
+    with torch.no_grad():
+        scaled = feats.clone()
+        scaled[..., : base.hidden_size] *= 10  # the first feature only
+        moved = lambda m: float((m(feats, ids, pos) - m(scaled, ids, pos)).abs().max())  # noqa: E731
+        assert moved(flagged) < 0.02 * moved(plain), (moved(flagged), moved(plain))  # (rms eps: not exactly 0)
+        out = flagged(feats, ids, pos)
+        assert torch.allclose(out, flagged.norm(out), atol=1e-4)  # already normed (norm weights start at 1)
+        assert torch.allclose(flagged.logits(out), flagged.lm_head(out), atol=1e-5)
+
+
+def test_eagle3_1_flags_are_refused_on_other_algorithms(base):
+    with pytest.raises(ConfigError, match="modeling.fc_norm.*eagle3"):
+        make(base, "eagle2", fc_norm=True)
 
 
 class PerfectDrafter:

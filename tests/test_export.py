@@ -44,7 +44,8 @@ def same_outputs(a, b, base, feats_dim):
 
 
 @pytest.mark.parametrize("modeling", [dict(lm_head="own"), dict(lm_head="shared"),
-                                      dict(lm_head="own", embedding="own", draft_hidden_size=16)])
+                                      dict(lm_head="own", embedding="own", draft_hidden_size=16),
+                                      dict(lm_head="own", fc_norm=True, norm_output=True)])  # EAGLE-3.1
 def test_eagle3_sglang_export_matches_sglang_and_round_trips(llama, modeling, tmp_path):
     drafter = make(llama, "eagle3", **modeling)
     out = export(drafter, tmp_path)
@@ -61,6 +62,9 @@ def test_eagle3_sglang_export_matches_sglang_and_round_trips(llama, modeling, tm
     else:
         assert keys["d2t"].dtype == torch.int64
     assert "--speculative-algorithm EAGLE3" in (out / "README.md").read_text()
+    flags = bool(modeling.get("fc_norm"))
+    assert cfg["fc_norm"] is flags and cfg["norm_output"] is flags
+    assert ("fc_norm.2.weight" in keys) is flags and not any(k.startswith("fc_norms.") for k in keys)
     again = load_any(str(out))  # the SGLang layout is the official EAGLE-3 layout: import it back
     assert same_outputs(drafter, again, llama, 96)
 
@@ -156,6 +160,19 @@ def test_vllm_speculators_export(llama, tmp_path):
     keys = load_file(str(out / "model.safetensors"))
     assert any(k.startswith("layers.0.") for k in keys) and not any(k.startswith("midlayer.") for k in keys)
     assert "d2t" not in keys and "t2d" not in keys  # full vocabulary: vLLM has no draft_id_to_target_id then
+    assert cfg["fc_norm"] is False and cfg["norm_output"] is False
+
+
+def test_vllm_export_of_eagle3_1_flags(llama, tmp_path):
+    """EAGLE-3.1: vLLM's update_eagle3 reads fc_norm / norm_output from the top of the speculators config, and its
+    Eagle3LlamaForCausalLM then has model.fc_norm.{i}.weight, one RMSNorm per fused feature."""
+    drafter = make(llama, "eagle3", lm_head="own", fc_norm=True, norm_output=True)
+    out = export_vllm(drafter, tmp_path / "v", None, "BASE", 5)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["fc_norm"] is True and cfg["norm_output"] is True
+    keys = load_file(str(out / "model.safetensors"))
+    assert {f"fc_norm.{i}.weight" for i in range(3)} <= keys.keys()
+    assert torch.equal(keys["fc_norm.1.weight"], drafter.fc_norms[1].weight)
 
 
 @pytest.mark.parametrize("layers,n,engine,ok", [([0, 1, 2], 4, "sglang", True), ([0, 2, 3], 4, "sglang", False),

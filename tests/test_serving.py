@@ -21,7 +21,7 @@ from specforge_het.inference.engine import Sampling, base_decode_batch, hf_greed
 from specforge_het.modeling.base import load_base
 from specforge_het.modeling.drafter_base import load_drafter
 from specforge_het.serving import check_with_sglang, run_vllm
-from specforge_het.serving.parity import compare, reference_chain
+from specforge_het.serving.parity import compare, rate_variance, reference_chain
 
 from specforge_het.serving import env
 
@@ -36,6 +36,7 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
     "eagle3_wide": ("eagle3", {"modeling__draft_hidden_size": 192, "modeling__embedding": "own"}, ("vllm", "sglang")),
     "eagle3_qwen3": ("eagle3", {"modeling__draft_family": "qwen3"}, ("vllm",)),
     "eagle3_shared_head": ("eagle3", {"modeling__lm_head": "shared"}, ("vllm", "sglang")),
+    "eagle3_1": ("eagle3", {"modeling__fc_norm": True, "modeling__norm_output": True}, ("vllm", "sglang")),
     "eagle2": ("eagle2", {}, ("vllm", "sglang")),
 }
 
@@ -145,8 +146,10 @@ def test_vllm_serves_every_export_losslessly_with_our_acceptance(served, drafter
         assert parity["tau_engine"] >= 1.5 and min(parity["rates_engine"]) >= 0.1, parity
 
 
-@pytest.mark.xfail(reason="open: at T=1 vLLM 0.32 CPU accepted more point-mass drafts than our decoder in the "
-                          "same mode (CI run: position-1 rate 0.19 vs 0.05, τ 1.19 vs 1.05) — not yet explained",
+@pytest.mark.xfail(reason="vLLM 0.32's CPU build is not lossless at T=1 with EAGLE-3 drafts here: its speculative "
+                          "outputs score a mean base log-prob of -4.82 and -5.51 per token (two runs, SE <= 0.06) "
+                          "against -5.81 for its own base-only sampling, and it accepts 14-29 % of first drafts where "
+                          "E[p(draft)] is 1.8 % (our decoder: 1.6 %) — see test_our_sampled_acceptance_is_the_theory",
                    strict=False)
 @pytest.mark.parametrize("name", ["eagle3_full", "eagle3_reduced"])
 def test_vllm_sampled_acceptance_matches_ours_within_noise(served, drafters, prompts, vllm_results, name):
@@ -157,6 +160,38 @@ def test_vllm_sampled_acceptance_matches_ours_within_noise(served, drafters, pro
     ours = _ours(served, drafters[name], prompts * 3, Sampling(1.0, 1.0, seed=1, draft="greedy"))
     parity = compare(ours["metrics"], r["metrics"], greedy=False)
     assert parity["passed"], parity
+
+
+def test_our_sampled_acceptance_is_the_theory(served, drafters, prompts):
+    """A point-mass draft x is accepted with probability p(x), so the first-draft acceptance rate at T = 1 is
+    E[p(argmax q)] over the base's own sampled texts — computed here with no speculative decoder at all (texts
+    sampled from the base, the drafter teacher-forced on them). Our decoder's measured rate must equal it within
+    4.5 cluster-robust standard errors (parity.rate_variance)."""
+    _, base = served
+    drafter = load_drafter(drafters["eagle3_full"]).attach_base(base.embed_tokens, base.lm_head).eval()
+    eos = {base.tokenizer.eos_token_id}
+    many = prompts * 3
+    theory = []
+    with torch.no_grad():
+        for j, p in enumerate(many):
+            text = base_decode_batch(base, [p], MAX_NEW, eos, Sampling(1.0, 1.0, seed=1000 + j))[0].tokens
+            ids = torch.tensor([text])
+            feats, logits = base.forward(ids, feature_layers=drafter.feature_layers)
+            probs = logits[0].float().softmax(-1)
+            out = drafter(feats[:, :-1], ids[:, 1:], torch.arange(len(text) - 1)[None])
+            drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))[0]  # row t drafts token t+2
+            rows = range(len(p) - 1, len(text) - 2)  # roots at the generated tokens
+            theory.append({"num_drafts": len(rows), "accepted_per_pos": [sum(float(probs[t + 1, drafted[t]])
+                                                                             for t in rows)]})
+    expected = {"num_drafts": sum(t["num_drafts"] for t in theory), "per_request": theory,
+                "accepted_per_pos": [sum(t["accepted_per_pos"][0] for t in theory)]}
+    ours = _ours(served, drafters["eagle3_full"], many, Sampling(1.0, 1.0, seed=1, draft="greedy"))["metrics"]
+    measured = {**ours, "accepted_per_pos": ours["accepted_per_pos"][:1],
+                "per_request": [{**r, "accepted_per_pos": r["accepted_per_pos"][:1]} for r in ours["per_request"]]}
+    rate, want = measured["accepted_per_pos"][0] / measured["num_drafts"], \
+        expected["accepted_per_pos"][0] / expected["num_drafts"]
+    allowed = 4.5 * (rate_variance(measured, 0) + rate_variance(expected, 0)) ** 0.5
+    assert abs(rate - want) <= allowed, (rate, want, allowed)
 
 
 def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):

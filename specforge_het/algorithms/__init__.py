@@ -42,5 +42,13 @@ def get_algorithm(name: str) -> Algorithm:
     return _REGISTRY[name]
 
 
+def refuse_eagle3_flags(modeling, algorithm: str) -> None:
+    """The EAGLE-3.1 flags change an EAGLE-3 drafter; set on another algorithm they would do nothing, silently."""
+    flags = [f"modeling.{k}" for k in ("fc_norm", "norm_output") if getattr(modeling, k)]
+    if flags:
+        raise ConfigError(f"{', '.join(flags)}: EAGLE-3.1 flags of the eagle3 algorithm; algorithm.name is "
+                          f"{algorithm} — unset them, or use --@eagle3_1")
+
+
 def get_loss(name: str) -> Callable:
     return get_algorithm(name).loss

@@ -1,9 +1,10 @@
 """Classic draft model: an independent small causal LM, fine-tuned on the data, optionally distilled from the base.
 
-    loss = (1 − α) · CE(next data token) + α · CE(softmax(base logits), log_softmax(draft logits))
+    loss = (1 − α) · CE(next data token) + α · D(softmax(base logits), softmax(draft logits))
 
-on assistant positions, α = algorithm.distill_alpha (0 = plain fine-tuning, 1 = pure distillation). The base is
-only read through its last-layer features (its logits = lm_head(features)), so offline datasets work unchanged.
+on assistant positions, α = algorithm.distill_alpha (0 = plain fine-tuning, 1 = pure distillation), D =
+`algorithm.loss` (soft CE by default; algorithms/losses.py). The base is only read through its last-layer features
+(its logits = lm_head(features)), so offline datasets work unchanged.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling.classic import build_classic_drafter
-from . import Algorithm, register
-from .losses import masked_mean, soft_ce
+from . import Algorithm, refuse_eagle3_flags, register
+from .losses import distribution_loss, masked_mean
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -22,7 +23,7 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
     ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none"), m)
     with torch.no_grad():
         base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
-    kd = masked_mean(soft_ce(base_logits, logits), m)
+    kd = masked_mean(distribution_loss(alg.loss)(base_logits, logits), m)
     a = alg.distill_alpha
     loss = (1 - a) * ce + a * kd
     with torch.no_grad():
@@ -31,6 +32,7 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
+    refuse_eagle3_flags(modeling, "classic_draft")
     if draft_vocab is not None:
         from ..config.schema import ConfigError
 

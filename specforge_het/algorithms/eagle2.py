@@ -2,8 +2,9 @@
 
 For a sequence of tokens t_0..t_{T-1} with base features h_0..h_{T-1} (final-norm outputs), the drafter
 sees pairs (h_i, t_{i+1}) at position i and predicts h_{i+1}. Loss, on assistant positions only:
-    v_w * SmoothL1(pred, h_{i+1}) + p_w * CE(softmax(lm_head(h_{i+1})), log_softmax(head(pred)))
-where lm_head is the base's and head the drafter's (the base's, or its own over a possibly reduced vocabulary).
+    v_w * SmoothL1(pred, h_{i+1}) + p_w * D(softmax(lm_head(h_{i+1})), softmax(head(pred)))
+where lm_head is the base's and head the drafter's (the base's, or its own over a possibly reduced vocabulary), and
+D the `algorithm.loss` of the menu (algorithms/losses.py; EAGLE's soft cross-entropy by default).
 Uniform feature noise (width noise_std) is added to the input features while training.
 """
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Algorithm, register
-from .losses import masked_mean, soft_ce, top1_hits
+from . import Algorithm, refuse_eagle3_flags, register
+from .losses import distribution_loss, masked_mean, top1_hits
 
 
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -29,7 +30,7 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
         # Over the draft vocabulary; positions whose base top token lies outside it teach the head nothing.
         target_logits, in_vocab = drafter.target_logits(target_h)
     pred_logits = drafter.logits(pred)
-    ploss = masked_mean(soft_ce(target_logits, pred_logits), m * in_vocab.to(dtype))
+    ploss = masked_mean(distribution_loss(alg.loss)(target_logits, pred_logits), m * in_vocab.to(dtype))
     vloss = masked_mean(F.smooth_l1_loss(pred.float(), target_h.float(), reduction="none").mean(-1), m)
     loss = alg.v_w * vloss + alg.p_w * ploss
     with torch.no_grad():
@@ -38,6 +39,7 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
+    refuse_eagle3_flags(modeling, "eagle2")
     from ..modeling.drafter import build_drafter
 
     return build_drafter(base, modeling.draft_layers, modeling.draft_config_overrides, meta=meta,

@@ -3,8 +3,9 @@
 The drafter is unrolled `ttt_length` steps over each sequence (algorithms/unroll.py): step 0 reads the fused base
 features, step i the drafter's own step-(i−1) outputs, so training sees what inference feeds it. Step i at row t
 predicts the base's distribution for token x_{t+2+i} (softmax of the base's logits at row t+1+i, restricted to the
-draft vocabulary); loss = Σ_i decay**i · CE_i on assistant positions whose base top token is in the draft vocab.
-No feature regression. Attention in the unroll is linear in sequence length (modeling/ttt_attention.py).
+draft vocabulary); loss = Σ_i decay**i · D_i on assistant positions whose base top token is in the draft vocab. D is
+`algorithm.loss` of the menu (algorithms/losses.py; soft cross-entropy by default). No feature regression. Attention
+in the unroll is linear in sequence length (modeling/ttt_attention.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
 from . import Algorithm, register
-from .losses import masked_mean, soft_ce, top1_hits
+from .losses import distribution_loss, masked_mean, top1_hits
 from .unroll import drafter_features, shifted, unroll
 
 
@@ -21,12 +22,12 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     rows = ids.shape[1] - 1
     dtype = drafter.fc.weight.dtype
     total = torch.zeros((), device=ids.device)
-    metrics = {}
+    metrics, divergence = {}, distribution_loss(alg.loss)
     for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
         target_logits, in_vocab = drafter.target_logits(shifted(last, 1 + i, rows))
         logits = drafter.logits(out)
         m = shifted(mask, 1 + i, rows).to(dtype)
-        ploss = masked_mean(soft_ce(target_logits, logits), m * in_vocab.to(dtype))
+        ploss = masked_mean(divergence(target_logits, logits), m * in_vocab.to(dtype))
         total = total + alg.ttt_decay ** i * ploss
         with torch.no_grad():
             metrics[f"acc_{i}"] = masked_mean(top1_hits(logits, target_logits, in_vocab).to(dtype), m)
@@ -43,7 +44,8 @@ def build(base, modeling, layers, meta, draft_vocab):
     return build_eagle3_drafter(base, layers, modeling.draft_config_overrides, meta=meta, family=modeling.draft_family,
                                 hidden_size=modeling.draft_hidden_size, own_embedding=modeling.embedding == "own",
                                 own_lm_head=modeling.lm_head != "shared" or draft_vocab is not None,
-                                draft_vocab=draft_vocab, draft_layers=modeling.draft_layers)
+                                draft_vocab=draft_vocab, draft_layers=modeling.draft_layers,
+                                fc_norm=modeling.fc_norm, norm_output=modeling.norm_output)
 
 
 register(Algorithm("eagle3", eagle3_loss, build, feature_layers))

@@ -45,6 +45,10 @@ class ModelingSection:
     draft_config_overrides: dict = field(default_factory=dict)
     # Start draft layer i as a copy of base block init_from_base_layer + i (same family and width); None = random.
     init_from_base_layer: Optional[int] = None
+    # EAGLE-3.1 (EAGLE-3 only): an RMSNorm per fused base feature before fc, and the post-norm output (instead of the
+    # pre-norm one) fed to the next draft step — exported as the fc_norm / norm_output fields vLLM and SGLang read.
+    fc_norm: bool = False
+    norm_output: bool = False
     # > 0: train those copied layers through rank-r LoRA adapters (peft) only; saved drafters hold merged weights.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -63,6 +67,9 @@ class AlgorithmSection:
     ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
     ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i
     distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
+    # how the drafter's distribution q is fitted to the base's p (algorithms/losses.py): forward_kl (soft CE, EAGLE's),
+    # reverse_kl, jsd, tv (1 − Σ min(p, q)) or lk (−log Σ min(p, q)); the distillation term of every algorithm
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "tv", "lk"] = "forward_kl"
 
 
 @dataclass

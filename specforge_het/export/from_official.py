@@ -59,6 +59,8 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
         own_embed = "embed_tokens.weight" in state
         if "embed_tokens.weight" in state:
             state["embed.weight"] = state.pop("embed_tokens.weight")
+        for k in [k for k in state if k.startswith("fc_norm.")]:  # EAGLE-3.1 per-feature norms (SGLang's names)
+            state[k.replace("fc_norm.", "fc_norms.", 1)] = state.pop(k)
         if not reduced:
             state.pop("d2t", None), state.pop("t2d", None)
         else:
@@ -67,7 +69,8 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
         model = Eagle3Drafter(hf, target, cfg["vocab_size"], target, own_embedding=own_embed,
                               own_lm_head="lm_head.weight" in state,
                               draft_vocab_size=state["lm_head.weight"].shape[0] if reduced else None, meta=meta,
-                              feature_layers=list(layers))
+                              feature_layers=list(layers), fc_norm=bool(cfg.get("fc_norm") or cfg.get("use_aux_norm")),
+                              norm_output=bool(cfg.get("norm_output")))
         return load_checked_state(model, state, path)
     n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
     hf = hf_config_from_dict({**cfg, "num_hidden_layers": n_layers})

@@ -141,6 +141,10 @@ def expected_params(cfg: dict, models: Path) -> tuple[dict, dict, set, bool]:
         k = len((cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or [0, 0, 0])
         params["model.fc.weight"] = (H, k * target)
         params["model.norm.weight"] = (H,)
+        if cfg.get("fc_norm"):  # EAGLE-3.1: one RMSNorm per fused feature (LlamaModel.fc_norm, a ModuleList)
+            _need(model_attrs, "fc_norm", "LlamaModel (eagle3)")
+            for i in range(k):
+                params[f"model.fc_norm.{i}.weight"] = (target,)
         params["lm_head.weight"] = (cfg.get("draft_vocab_size") or cfg["vocab_size"], H)
         if cfg.get("draft_vocab_size") is None:
             from_target.add("lm_head.weight")

@@ -2,7 +2,8 @@
 
 EAGLE-3 → `LlamaForCausalLMEagle3`: `midlayer.*` (q/k/v in_features 2·H), `fc.weight` [H, k·H_target], `norm.weight`,
 `lm_head.weight` [draft_vocab, H], `d2t`, `t2d`, and `embed_tokens.weight` when the drafter owns one;
-config with `draft_vocab_size`, `target_hidden_size`, `eagle_config.eagle_aux_hidden_state_layer_ids`.
+config with `draft_vocab_size`, `target_hidden_size`, `eagle_config.eagle_aux_hidden_state_layer_ids`, and the
+EAGLE-3.1 flags `fc_norm` (weights `fc_norm.{i}.weight`) and `norm_output`.
 EAGLE-1/2 → `LlamaForCausalLMEagle` / `Qwen2ForCausalLMEagle` / `MistralForCausalLMEagle`: `fc.weight`, `fc.bias`,
 `layers.N.*` with no input norm on layer 0; lm_head and embeddings come from the target.
 
@@ -66,6 +67,8 @@ def eagle3_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict
             weights["embed_tokens.weight"] = v
         elif k.startswith(("midlayer.", "fc.", "norm.", "lm_head.")) or k in ("d2t", "t2d"):
             weights[k] = v
+        elif k.startswith("fc_norms."):  # EAGLE-3.1: SGLang's model.fc_norm.{i}
+            weights[k.replace("fc_norms.", "fc_norm.", 1)] = v
         else:
             raise ConfigError(f"EAGLE-3 export: unexpected drafter weight {k!r}")
     if drafter.own_lm_head and not drafter.reduced_vocab:  # SGLang needs the maps whenever it has a draft vocab
@@ -76,6 +79,7 @@ def eagle3_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict
         # null = SGLang takes lm_head (and embeddings) from the target: only right for a shared head at the same width.
         "draft_vocab_size": drafter.draft_vocab_size if drafter.own_lm_head else None,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(drafter.feature_layers)},
+        "fc_norm": drafter.fc_norm, "norm_output": drafter.norm_output,  # EAGLE-3.1 flags, as SGLang reads them
         "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
     }
     if width != drafter.base_hidden_size:

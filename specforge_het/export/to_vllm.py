@@ -4,7 +4,8 @@ with vLLM's CPU build: tests/test_serving.py).
 EAGLE-3 → the speculators `eagle3` format (vLLM maps it to `Eagle3LlamaForCausalLM`, or `Eagle3Qwen3ForCausalLM` for a
 Qwen3 midlayer with q/k norms): `config.json` with `speculators_model_type: eagle3`, `transformer_layer_config` (the
 midlayer's HF config), `draft_vocab_size`, `target_hidden_size` (a draft narrower or wider than the base),
-`norm_before_residual: false` (our midlayer adds the un-normed fc output back), `eagle_aux_hidden_state_layer_ids` in
+`norm_before_residual: false` (our midlayer adds the un-normed fc output back), the EAGLE-3.1 flags `fc_norm` (weights
+`fc_norm.{i}.weight`) and `norm_output`, `eagle_aux_hidden_state_layer_ids` in
 vLLM's convention (id j = the output of block j−1, ours + 1); weights `layers.0.*`, `fc.weight`, `norm.weight`,
 `lm_head.weight`, `embed_tokens.weight` when the draft owns one, and `d2t` only for a reduced draft vocabulary
 (vLLM creates `draft_id_to_target_id` only then, and refuses the key otherwise).
@@ -63,6 +64,8 @@ def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int)
             weights[k.replace("midlayer.", "layers.0.", 1)] = v
         elif k.startswith(("fc.", "norm.", "lm_head.")):
             weights[k] = v
+        elif k.startswith("fc_norms."):  # EAGLE-3.1: vLLM's model.fc_norm.{i}
+            weights[k.replace("fc_norms.", "fc_norm.", 1)] = v
         elif k == "d2t":
             weights[k] = v
         elif k != "t2d":
@@ -79,6 +82,8 @@ def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int)
         "transformer_layer_config": layer_cfg,
         "draft_vocab_size": vocab,
         "norm_before_residual": False,
+        "fc_norm": drafter.fc_norm,  # EAGLE-3.1 flags (speculators' names, read by vLLM's update_eagle3)
+        "norm_output": drafter.norm_output,
         "eagle_aux_hidden_state_layer_ids": [k + 1 for k in drafter.feature_layers],
         "speculators_config": {
             "algorithm": "eagle3",

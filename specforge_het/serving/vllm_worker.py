@@ -35,6 +35,13 @@ def spec_metrics(llm) -> dict:
     return out
 
 
+def counter_delta(now: dict, before: dict) -> dict:
+    out = {k: now[k] - before[k] for k in ("num_drafts", "num_draft_tokens", "num_accepted_tokens")}
+    out["accepted_per_pos"] = [a - b for a, b in zip(now["accepted_per_pos"], before["accepted_per_pos"])] \
+        if before["accepted_per_pos"] else list(now["accepted_per_pos"])
+    return out
+
+
 def one_run(job: dict, run: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -49,18 +56,18 @@ def one_run(job: dict, run: dict) -> dict:
                             max_tokens=run["max_tokens"], seed=run.get("seed", 0),
                             ignore_eos=run.get("ignore_eos", False))
     llm.generate([TokensPrompt(prompt_token_ids=run["prompts"][0])], params, use_tqdm=False)  # warm-up
-    warm = spec_metrics(llm)
-    outputs, seconds = [], 0.0
+    warm = before = spec_metrics(llm)
+    outputs, seconds, per_request = [], 0.0, []
     for ids in run["prompts"]:  # one request at a time: the latency a single user sees, like our batch-1 decoder
         t1 = time.perf_counter()
         out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
         seconds += time.perf_counter() - t1
         outputs.append(list(out[0].outputs[0].token_ids))
-    metrics = spec_metrics(llm)
-    for k in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):  # the warm-up request does not count
-        metrics[k] -= warm[k]
-    if warm["accepted_per_pos"]:
-        metrics["accepted_per_pos"] = [a - b for a, b in zip(metrics["accepted_per_pos"], warm["accepted_per_pos"])]
+        now = spec_metrics(llm)
+        per_request.append(counter_delta(now, before))  # sampled parity needs each request's own counts
+        before = now
+    metrics = counter_delta(spec_metrics(llm), warm)  # the warm-up request does not count
+    metrics["per_request"] = per_request
     del llm
     gc.collect()
     return {"name": run["name"], "outputs": outputs, "seconds": seconds, "init_seconds": init_s,
