@@ -12,7 +12,7 @@ from specforge_het.algorithms.losses import DISTRIBUTION_LOSSES, LK_FLOOR, accep
 from specforge_het.config import ConfigError
 from specforge_het.config.schema import AlgorithmSection, set_key
 
-from test_algorithms import LAYERS, eagle3_batches, fit, make
+from test_algorithms import eagle3_batches, fit, make
 from test_hetero import batches, tiny_base
 
 NAMES = list(DISTRIBUTION_LOSSES)
@@ -112,7 +112,6 @@ def test_every_algorithm_trains_with_every_loss(base, algorithm, name):
     alg = AlgorithmSection(name=algorithm, ttt_length=2, loss=name)
     start, end, metrics = fit(drafter, data, alg, steps=12)
     assert math.isfinite(end) and end < start, (algorithm, name, start, end)
-    assert LAYERS  # the eagle3 drafter reads these base layers
 
 
 def test_an_unknown_loss_names_the_menu():

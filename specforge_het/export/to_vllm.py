@@ -5,8 +5,8 @@ EAGLE-3 → the speculators `eagle3` format (vLLM maps it to `Eagle3LlamaForCaus
 Qwen3 midlayer with q/k norms): `config.json` with `speculators_model_type: eagle3`, `transformer_layer_config` (the
 midlayer's HF config), `draft_vocab_size`, `target_hidden_size` (a draft narrower or wider than the base),
 `norm_before_residual: false` (our midlayer adds the un-normed fc output back), the EAGLE-3.1 flags `fc_norm` (weights
-`fc_norm.{i}.weight`) and `norm_output`, `eagle_aux_hidden_state_layer_ids` in
-vLLM's convention (id j = the output of block j−1, ours + 1); weights `layers.0.*`, `fc.weight`, `norm.weight`,
+`fc_norm.{i}.weight`) and `norm_output`, `eagle_aux_hidden_state_layer_ids` in vLLM's convention (id j = the output
+of block j−1, ours + 1); weights `layers.0.*`, `fc.weight`, `norm.weight`,
 `lm_head.weight`, `embed_tokens.weight` when the draft owns one, and `d2t` only for a reduced draft vocabulary
 (vLLM creates `draft_id_to_target_id` only then, and refuses the key otherwise).
 

@@ -85,9 +85,9 @@ class Eagle3Drafter(DrafterBase):
                          draft_vocab_size, meta, head_in_features=width, embed_dim=width)
         self.feature_layers = list(feature_layers)
         self.fc = nn.Linear(len(self.feature_layers) * base_hidden_size, width, bias=False)
-        self.fc_norm = bool(fc_norm)  # saved as a flag; the modules live in fc_norms (exported as fc_norm.{i})
         self.norm_output = bool(norm_output)
-        if self.fc_norm:
+        self.fc_norms: Optional[nn.ModuleList] = None  # EAGLE-3.1 per-feature norms (exported as fc_norm.{i})
+        if fc_norm:
             from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
             # The engines' plain RMSNorm (weight · x / rms), whatever the draft family's own norm is.
@@ -115,6 +115,11 @@ class Eagle3Drafter(DrafterBase):
         out = self.midlayer(emb, g, pos_emb, attention_mask, past_key_values,
                             use_cache=past_key_values is not None, position_ids=position_ids, **extra)
         return self.norm(out) if self.norm_output else out
+
+    @property
+    def fc_norm(self) -> bool:
+        """The EAGLE-3.1 flag, as saved and exported: whether the per-feature norms exist."""
+        return self.fc_norms is not None
 
     def _normed_features(self, fused: torch.Tensor) -> torch.Tensor:
         if not self.fc_norm:
