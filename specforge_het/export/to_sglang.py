@@ -21,6 +21,7 @@ from ..config.schema import ConfigError
 from .eagle1_checks import check_eagle1_layout
 from ..modeling.draft_config import head_dim_of
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .registry import Exporter, register_exporter
 
 EAGLE1_ARCH = {"llama": "LlamaForCausalLMEagle", "qwen2": "Qwen2ForCausalLMEagle", "mistral": "MistralForCausalLMEagle"}
 EAGLE3_FAMILIES = ("llama", "mistral")  # SGLang's EAGLE-3 midlayer is a Llama layer (no q/k norms, no qkv bias)
@@ -122,13 +123,51 @@ python -m sglang.launch_server --model-path {base} \\
 """
 
 
+CONVERTERS = {"eagle3_drafter": eagle3_to_sglang, "eagle_drafter": eagle_to_sglang}
+
+
 def export_sglang(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int, topk: int,
                   tokens: int) -> Path:
-    from ..modeling.eagle3 import Eagle3Drafter
-
-    config, weights = (eagle3_to_sglang if isinstance(drafter, Eagle3Drafter) else eagle_to_sglang)(drafter, dtype)
+    EXPORTER.check(drafter)
+    config, weights = CONVERTERS[drafter.ARCHITECTURE](drafter, dtype)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", config)
     atomic_write_text(out / "README.md", launch_readme(config, base, out, steps, topk, tokens))
     return out
+
+
+def verify_sglang(out: Path, base: str) -> str:
+    """SGLang's own draft class loading the export with its own load_weights, when the serving environment is built
+    (python -m specforge_het.serving.env); otherwise the static reading of SGLang's sources (sglang_check.py)."""
+    from ..serving import env
+
+    if env.is_ready():
+        from ..serving import check_with_sglang
+
+        report = check_with_sglang([out], base)[0]
+        if report.get("error") or report["problems"]:
+            raise ConfigError(f"{out}: SGLang's own {report.get('architecture', 'draft class')} does not load this "
+                              f"export: {report.get('error') or '; '.join(report['problems'][:5])}")
+        return (f"SGLang's {report['architecture']}.load_weights filled {report['checked']} parameters with the "
+                "exported tensors" + (f"; from the target: {', '.join(report['from_target'])}"
+                                      if report["from_target"] else ""))
+    from .sglang_check import check_sglang_export, sglang_models_dir
+
+    try:
+        sglang_models_dir()
+    except ConfigError as e:
+        return f"skipped ({e})"
+    summary = check_sglang_export(out)
+    return (f"{summary['keys']} keys map onto {summary['architecture']}'s parameters"
+            + (f"; from the target: {', '.join(summary['from_target'])}" if summary["from_target"] else ""))
+
+
+def _write(drafter, out: Path, dtype, base: str, ex) -> Path:
+    return export_sglang(drafter, out, dtype, base, ex.num_steps, ex.topk, ex.num_draft_tokens)
+
+
+EXPORTER = register_exporter(Exporter(
+    "sglang", "SGLang 0.5's draft layouts + README.md with the launch command",
+    {"eagle3_drafter": "LlamaForCausalLMEagle3", "eagle_drafter": "Llama/Qwen2/MistralForCausalLMEagle"},
+    _write, verify_sglang))

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from ..config.schema import ConfigError
 from .eagle1_checks import check_eagle1_layout
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .registry import Exporter, register_exporter
 from .to_sglang import _llama_fields, _state
 
 VLLM_EAGLE3_FAMILIES = {"llama": "llama", "mistral": "llama", "qwen3": "qwen3"}
@@ -120,16 +121,13 @@ def speculative_config(config: dict, out: Path, steps: int) -> dict:
     return {"method": method, "model": str(out), "num_speculative_tokens": steps}
 
 
-def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
-    from ..modeling.eagle3 import Eagle3Drafter
+CONVERTERS = {"eagle3_drafter": lambda d, dtype, base, steps: eagle3_to_vllm(d, dtype, base, steps),
+              "eagle_drafter": lambda d, dtype, base, steps: eagle_to_vllm(d, dtype)}
 
-    if isinstance(drafter, Eagle3Drafter):
-        config, weights = eagle3_to_vllm(drafter, dtype, base, steps)
-    elif hasattr(drafter, "fc") and hasattr(drafter, "layers"):
-        config, weights = eagle_to_vllm(drafter, dtype)
-    else:
-        raise ConfigError("vLLM export writes EAGLE-3 (speculators eagle3) and EAGLE-1/2 (eagle) drafts; this is a "
-                          f"{drafter.meta.get('algorithm', type(drafter).__name__)} drafter")
+
+def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
+    EXPORTER.check(drafter)
+    config, weights = CONVERTERS[drafter.ARCHITECTURE](drafter, dtype, base, steps)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", config)
@@ -145,3 +143,9 @@ vllm serve {base} --speculative-config '{json.dumps(spec)}'
     return out
 
 
+
+
+EXPORTER = register_exporter(Exporter(
+    "vllm", "vLLM 0.32's speculators / eagle formats + README.md with the `vllm serve` command",
+    {"eagle3_drafter": "speculators eagle3", "eagle_drafter": "eagle (EagleLlamaForCausalLM)"},
+    lambda drafter, out, dtype, base, ex: export_vllm(drafter, out, dtype, base, ex.num_steps)))

@@ -1,9 +1,10 @@
 """Speculative decoding with a drafter over a frozen base (batched, greedy or sampled), and the base-only baseline.
 
-Per iteration: the drafter builds one tree per sequence from its last feature; the base verifies all trees in one
-forward (tree attention masks + tree position ids); each sequence's accepted path is compacted into the KV cache;
-the drafter consumes the base's features of the accepted paths and crops its own tree entries. Sequences accept
-different lengths: the caches carry a validity mask per slot, and position ids count real tokens only.
+Per iteration (`decode_batch`): propose → verify → accept → commit. The proposer (inference/proposers/, one file
+per drafting method) drafts one tree per sequence; the base verifies all trees in one forward (tree attention masks
++ tree position ids); the verifier (verify.py) picks each row's accepted path; that path is compacted into the base's
+KV cache and handed to the proposer. Sequences accept different lengths: the caches carry a validity mask per slot,
+and position ids count real tokens only.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from ..modeling.drafter_base import padded_causal_mask
-from .accept import Sampling, greedy_accept, path_indices, sample_accept, sampling_probs, take
-from .tree import ancestor_matrix, expand_tree, tree_attention_mask
+from .accept import Sampling, sampling_probs, take
+from .kv_cache import full_cache, gather_cache, select_rows
+from .proposers import build_proposer
+from .tree import ancestor_matrix, tree_attention_mask
+from .verify import verifier_for
 
 
 @dataclass
@@ -30,39 +33,6 @@ class DecodeResult:
     @property
     def emitted(self) -> int:
         return sum(self.accepted) + self.steps
-
-
-def full_cache(base=None, length: int = 0) -> DynamicCache:
-    """A cache of plain full-attention layers. HF would give sliding-window families (Mistral, Gemma) rolling
-    layers that drop old entries and count positions themselves, which tree compaction cannot edit; full layers
-    are exact as long as the sequence stays inside the window, which is checked here."""
-    window = base.sliding_window if base is not None else None
-    if window is not None and length > window:
-        raise ValueError(f"prompt + max_new_tokens = {length} exceeds the base's sliding window ({window}); "
-                         "speculative decoding here is exact only within the window")
-    return DynamicCache()
-
-
-def gather_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep, per sequence, the cache slots keep [B, M] (in that order) in every layer of a DynamicCache."""
-    for layer in cache.layers:
-        idx = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        layer.keys = layer.keys.gather(2, idx)
-        layer.values = layer.values.gather(2, idx)
-
-
-def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
-    """Keep only the sequences `rows` of a batched DynamicCache (finished ones leave the batch)."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, rows)
-        layer.values = layer.values.index_select(0, rows)
-
-
-def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Drop every slot from `length` on (the drafter's tree entries after a round)."""
-    for layer in cache.layers:
-        layer.keys = layer.keys[..., :length, :]
-        layer.values = layer.values[..., :length, :]
 
 
 def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,32 +155,39 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
                              eos: set[int], depth: int, top_k: int, total_tokens: int, sampling: Sampling = Sampling(),
                              on_tokens=None, best_first: bool = False,
                              force_accept: bool = False, drafting=None, cancelled=None) -> list[DecodeResult]:
-    """Speculative decoding of a left-padded batch, each sequence with its own tree and its own accepted length.
-    Greedy: every row token-identical to `base_decode`. Sampling: recursive rejection sampling per row, distributed
-    exactly as base sampling. on_tokens(prompt index, new tokens so far): called after the prefill and after every
-    verify step (truncated at max_new_tokens / EOS), for streaming. max_new_tokens: one limit, or one per prompt;
-    cancelled(prompt index) → True ends that row at the next step boundary (the server: client gone, stop string).
+    """Speculative decoding of a left-padded batch with the drafter's proposer (proposers/) shaped as a chain, an
+    EAGLE-2 tree or a budget tree (depth, top_k, total_tokens, best_first). Greedy: every row token-identical to
+    `base_decode`. Sampling: recursive rejection sampling per row, distributed exactly as base sampling.
+    on_tokens(prompt index, new tokens so far): called after the prefill and after every verify step (truncated at
+    max_new_tokens / EOS), for streaming. max_new_tokens: one limit, or one per prompt; cancelled(prompt index) →
+    True ends that row at the next step boundary (the server: client gone, stop string).
     force_accept (timing benchmarks only — the output is NOT the base's): every verify step accepts the path to
-    its tree's deepest node, as if the base agreed with the drafter, so a random-weight base can be timed at full depth.
-    Slots of rejected nodes are not kept; a row that accepts fewer nodes than the longest row of its step leaves
-    masked padding slots behind in both caches (positions count real tokens only).
-    drafting: an asynchronous drafting plugin (plugins/async_draft.py), batch 1: `start(...)` before each verify
-    pre-drafts next trees for likely outcomes while the base runs; `finish(accepted tokens)` after it returns the
-    drafter state for a hit (the drafter then neither consumes the accepted tokens nor drafts) or None."""
+    its tree's deepest node, so a random-weight base can be timed at full depth.
+    drafting: an asynchronous drafting plugin (plugins/async_draft.py, batch 1) wrapping the proposer."""
+    proposer = build_proposer(drafter, depth, top_k, total_tokens, best_first)
+    if drafting is not None:
+        if len(prompts) != 1:
+            raise ValueError("asynchronous drafting decodes one sequence at a time (inference.batch_size 1)")
+        proposer = drafting.wrap(proposer)
+    return decode_batch(base, proposer, prompts, max_new_tokens, eos, verifier_for(sampling, force_accept), sampling,
+                        on_tokens, cancelled)
+
+
+def decode_batch(base, proposer, prompts: list[list[int]], max_new_tokens: int | list[int], eos: set[int],
+                 verify, sampling: Sampling = Sampling(), on_tokens=None, cancelled=None) -> list[DecodeResult]:
+    """propose → verify → accept → commit, each row with its own accepted length. Slots of rejected nodes are not
+    kept; a row that accepts fewer nodes than the longest row of its step leaves masked padding slots behind in the
+    caches (positions count real tokens only)."""
     dev = base.device
     gen = sampling.generator(dev)
     rows = _Rows(prompts, per_row(max_new_tokens, len(prompts)), eos, cancelled)
     ids, base_valid, pos = left_pad(prompts, dev)
-    base_cache = full_cache(base, ids.shape[1] + max(rows.max_new) + total_tokens + 1)
-    draft_cache = drafter.new_cache(base_cache)
-    feature_layers = drafter.feature_layers
+    base_cache = full_cache(base, ids.shape[1] + max(rows.max_new) + proposer.max_nodes + 1)
     hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(base_valid, None, base.dtype),
-                                  position_ids=pos, past_key_values=base_cache, feature_layers=feature_layers)
+                                  position_ids=pos, past_key_values=base_cache, feature_layers=proposer.feature_layers)
     root = next_tokens_of(logits[:, -1], sampling, gen)
-    # Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n-1.
-    feats, draft_valid = drafter.prefill(hidden, ids, torch.cat([ids[:, 1:], root[:, None]], 1), pos, draft_cache,
-                                         valid=base_valid)
-    last_feat, root_pos = feats[:, -1], base_valid.sum(1)
+    proposer.start(hidden, ids, root, pos, base_valid, base_cache)
+    root_pos = base_valid.sum(1)
     for i, t in enumerate(root.tolist()):
         rows.emit(i, [t], None, None)
 
@@ -220,59 +197,28 @@ def speculative_decode_batch(base, drafter, prompts: list[list[int]], max_new_to
                 on_tokens(r, rows.new_tokens(r))
 
     stream()
-    if drafting is not None and len(prompts) != 1:
-        raise ValueError("asynchronous drafting decodes one sequence at a time (inference.batch_size 1)")
-    ready = None  # a tree pre-drafted by the drafting plugin for this step's outcome
     while (keep := rows.done()) is None or keep.numel():
         if keep is not None:
             keep = keep.to(dev)
             select_rows(base_cache, keep)
-            select_rows(draft_cache, keep)
-            root, last_feat, root_pos = root[keep], last_feat[keep], root_pos[keep]
-            base_valid, draft_valid = base_valid[keep], draft_valid[keep]
+            proposer.keep(keep)
+            root, root_pos, base_valid = root[keep], root_pos[keep], base_valid[keep]
         ti = time.perf_counter()
-        base_len, draft_len = base_valid.shape[1], draft_valid.shape[1]
-        if ready is not None:
-            tree, ready = ready, None
-        else:
-            tree = expand_tree(drafter, root, last_feat, draft_cache, draft_valid, root_pos, depth, top_k,
-                               total_tokens, best_first, sampling, gen)
-            crop_cache(draft_cache, draft_len)
-        if drafting is not None:
-            drafting.start(drafter, tree, draft_cache, draft_valid, root_pos, last_feat,
-                           (depth, top_k, total_tokens, best_first, sampling))
+        tree = proposer.propose(root, root_pos, sampling, gen)
         anc = ancestor_matrix(tree.parents, tree.depths)
         hidden, logits = base.forward(tree.tokens, attention_mask=tree_attention_mask(anc, base_valid, base.dtype),
                                       position_ids=root_pos[:, None] + tree.depths, past_key_values=base_cache,
-                                      feature_layers=feature_layers)
-        if sampling.greedy:
-            base_argmax = logits.argmax(-1)
-            if force_accept:  # the path to the deepest node, as if the base had agreed all along it
-                paths, lens = path_indices(take(anc, tree.depths.argmax(1, keepdim=True))[:, 0])
-            else:
-                paths, lens = greedy_accept(tree, anc, base_argmax)
-            bonus = base_argmax.gather(1, paths.gather(1, (lens - 1)[:, None]))[:, 0]
-        else:
-            probs = sampling_probs(logits, sampling.temperature, sampling.top_p)
-            paths, lens, bonus = sample_accept(tree, probs, gen)
-        width = paths.shape[1]
-        step_valid = torch.arange(width, device=dev)[None] < lens[:, None]
+                                      feature_layers=proposer.feature_layers)
+        paths, lens, bonus = verify(tree, anc, logits, gen)
+        # Commit: the base cache keeps the accepted path's slots; the proposer consumes the path.
+        base_len, width = base_valid.shape[1], paths.shape[1]
         gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
                                             base_len + paths], 1))
-        base_valid = torch.cat([base_valid, step_valid], 1)
+        base_valid = torch.cat([base_valid, torch.arange(width, device=dev)[None] < lens[:, None]], 1)
         # Row b's next tokens along its path: the accepted children, then the bonus token.
         nxt = tree.tokens.gather(1, torch.cat([paths[:, 1:], paths[:, -1:]], 1))
         nxt.scatter_(1, (lens - 1)[:, None], bonus[:, None])
-        hit = drafting.finish(nxt[0, : int(lens[0])].tolist()) if drafting is not None else None
-        if hit is not None:  # pre-drafted while the base verified: the drafter state after these tokens, and a tree
-            draft_cache, draft_valid, last_feat, ready = hit
-        else:
-            # Drafter consumes the accepted path: pairs (h_path[i], next token) at positions root_pos + i.
-            step_pos = root_pos[:, None] + torch.arange(width, device=dev)[None]
-            feats = drafter(take(hidden, paths), nxt, step_pos, past_key_values=draft_cache,
-                            attention_mask=padded_causal_mask(step_valid, draft_valid, drafter.compute_dtype))
-            draft_valid = torch.cat([draft_valid, step_valid], 1)
-            last_feat = take(feats, (lens - 1)[:, None])[:, 0]
+        proposer.commit(take(hidden, paths), nxt, lens)
         root, root_pos = bonus, root_pos + lens
         seconds = time.perf_counter() - ti
         for i, (n, row) in enumerate(zip(lens.tolist(), nxt.tolist())):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.schema import ConfigError
-from ..inference.engine import crop_cache
+from ..inference.kv_cache import crop_cache
 from ..inference.tree import expand_tree
 from ..modeling.drafter_base import padded_causal_mask
 
@@ -60,6 +60,10 @@ class AsyncDrafting:
         self._outcomes: dict[tuple, tuple] = {}
         self._error: BaseException | None = None
         self.accepted_counts: dict[int, int] = {}  # verify steps that accepted j draft nodes
+
+    def wrap(self, proposer) -> "AsyncProposer":
+        """The decode loop's proposer, with pre-drafting around each verify."""
+        return AsyncProposer(proposer, self)
 
     def start(self, drafter, tree, draft_cache, draft_valid, root_pos, root_feature, tree_params) -> None:
         check_token_only(drafter)
@@ -144,3 +148,37 @@ class AsyncDrafting:
             self._outcomes[key] = (branch, valid, last_feat, nxt_tree)
             self.stats.drafted += 1
 
+
+
+class AsyncProposer:
+    """A tree proposer wrapped: after each proposal the worker pre-drafts next trees while the base verifies; on a hit
+    the pre-drafted drafter state and tree replace the commit and the next proposal."""
+
+    def __init__(self, inner, drafting: AsyncDrafting):
+        self.inner, self.drafting, self.ready = inner, drafting, None
+        self.feature_layers, self.max_nodes = inner.feature_layers, inner.max_nodes
+
+    def start(self, *args) -> None:
+        self.inner.start(*args)
+
+    def keep(self, rows) -> None:
+        self.inner.keep(rows)
+
+    def propose(self, root, root_pos, sampling, gen):
+        inner = self.inner
+        if self.ready is not None:
+            tree, self.ready = self.ready, None
+            inner.root_pos = root_pos
+        else:
+            tree = inner.propose(root, root_pos, sampling, gen)
+        self.drafting.start(inner.drafter, tree, inner.cache, inner.valid, root_pos, inner.last_feat,
+                            (inner.depth, inner.top_k, inner.total_tokens, inner.best_first, sampling))
+        return tree
+
+    def commit(self, hidden, next_tokens, lens) -> None:
+        hit = self.drafting.finish(next_tokens[0, : int(lens[0])].tolist())
+        if hit is None:
+            self.inner.commit(hidden, next_tokens, lens)
+        else:
+            cache, valid, last_feat, self.ready = hit
+            self.inner.restore(cache, valid, last_feat)
