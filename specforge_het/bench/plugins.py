@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
-from ..inference.__main__ import load_prompts
+from ..inference.prompts import load_prompts
 from ..inference.engine import base_decode_batch, hf_greedy
 from ..inference.measure import decode_batches, eos_ids, strategy_params, summarise
 from ..modeling.base import load_base

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import RunConfig, run_entry, save_resolved_config
-from ..inference.__main__ import load_prompts
+from ..inference.prompts import load_prompts
 from ..inference.measure import eos_ids, load_pair, strategy_params
 from ..inference.server import Engine, build_server
 from ..utils.io import atomic_write_json, atomic_write_text

@@ -17,24 +17,14 @@ import torch
 
 from ..algorithms.unroll import simulated_acceptance, simulated_tau
 from ..config import RunConfig, run_entry, save_resolved_config
-from ..config.schema import ConfigError
-from ..data.conversations import prompt_ids, read_conversations
 from ..utils.io import atomic_write_json
 from .divergence import check_outputs
 from .engine import base_decode_batch, hf_greedy
+from .prompts import load_prompts  # noqa: F401  (re-exported)
 from .measure import (PeakMemory, decode_batches, eos_ids, format_table, load_pair, resolve_strategies, strategy_params,
                       summarise, write_acceptance_png)
 
 log = logging.getLogger(__name__)
-
-
-def load_prompts(cfg: RunConfig, tokenizer) -> list[list[int]]:
-    path = cfg.inference.prompts or cfg.data.conversations
-    convs, _ = read_conversations(path)
-    convs = convs[cfg.inference.prompt_offset: cfg.inference.prompt_offset + cfg.inference.num_prompts]
-    if not convs:
-        raise ConfigError(f"inference.prompts: no prompts in {path} after offset {cfg.inference.prompt_offset}")
-    return [prompt_ids(tokenizer, c) for c in convs]
 
 
 @torch.no_grad()

@@ -141,7 +141,7 @@ def run(cfg, presets: list[str]) -> dict:
     """Fit a router for plugins.router_drafters on data.conversations, evaluate it on the inference prompts."""
     from ..config import save_resolved_config
     from ..data.conversations import prompt_ids, read_conversations
-    from ..inference.__main__ import load_prompts
+    from ..inference.prompts import load_prompts
     from ..inference.measure import eos_ids, strategy_params
     from ..modeling.base import load_base
     from . import load_drafter_for
