@@ -62,7 +62,12 @@ def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor
     the chain got there (positions < i accepted) and the teacher-forced input tokens equal what inference would have
     fed (the data followed the base's greedy choice so far). accepted/eligible estimates P(accept i | reached i);
     on the base's own greedy outputs every reached position is eligible and the estimate is exact.
-    Rows: loss-masked, with the whole chain inside the sequence."""
+    Rows: loss-masked, with the whole chain inside the sequence. Block drafters (DFlash) draft from anchors instead.
+    """
+    if getattr(drafter, "PROPOSER", "tree") == "block":
+        from .dflash import block_simulated_acceptance
+
+        return block_simulated_acceptance(drafter, batch, depth)
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     rows = ids.shape[1] - 1
     t = torch.arange(rows, device=ids.device)

@@ -37,7 +37,8 @@ PROB, FRACTION = Range(0, 1, lo_open=True), Range(0, 1, hi_open=True)  # (0, 1] 
 RANGES: dict[str, Range] = {
     "modeling.draft_layers": AT_LEAST_1, "modeling.draft_hidden_size": AT_LEAST_1,
     "modeling.draft_vocab_size": AT_LEAST_1, "modeling.init_from_base_layer": AT_LEAST_0,
-    "modeling.lora_rank": AT_LEAST_0, "modeling.lora_alpha": POSITIVE,
+    "modeling.lora_rank": AT_LEAST_0, "modeling.lora_alpha": POSITIVE, "modeling.block_size": Range(2, 64),
+    "modeling.mask_token_id": AT_LEAST_0, "algorithm.num_anchors": AT_LEAST_1,
     "algorithm.v_w": AT_LEAST_0, "algorithm.p_w": AT_LEAST_0, "algorithm.noise_std": AT_LEAST_0,
     "algorithm.ttt_length": AT_LEAST_1, "algorithm.ttt_decay": PROB, "algorithm.distill_alpha": UNIT,
     "data.max_length": Range(2), "data.max_samples": AT_LEAST_1, "data.shard_size": AT_LEAST_1,

@@ -49,6 +49,10 @@ class ModelingSection:
     # pre-norm one) fed to the next draft step — exported as the fc_norm / norm_output fields vLLM and SGLang read.
     fc_norm: bool = False
     norm_output: bool = False
+    # DFlash block drafters: one pass over [anchor, mask × (block_size − 1)] drafts block_size − 1 tokens; the mask
+    # slots are embedded as token mask_token_id (None = the base tokenizer's pad token, else its last id).
+    block_size: int = 8
+    mask_token_id: Optional[int] = None
     # > 0: train those copied layers through rank-r LoRA adapters (peft) only; saved drafters hold merged weights.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -65,8 +69,9 @@ class AlgorithmSection:
     p_w: float = 0.1  # soft cross-entropy weight
     noise_std: float = 0.2  # uniform noise added to input features while training (EAGLE-1/2)
     ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
-    ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i
+    ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i; dflash: block position i+1's
     distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
+    num_anchors: int = 64  # dflash: blocks trained per sequence (anchors drawn among assistant positions)
     # how the drafter's distribution q is fitted to the base's p (algorithms/losses.py): forward_kl (soft CE, EAGLE's),
     # reverse_kl, jsd, tv (1 − Σ min(p, q)) or lk (−log Σ min(p, q)); the distillation term of every algorithm
     loss: Literal["forward_kl", "reverse_kl", "jsd", "tv", "lk"] = "forward_kl"

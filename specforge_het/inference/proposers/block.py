@@ -1,0 +1,107 @@
+"""The block proposer: DFlash-style drafters draft a whole block in one call.
+
+Per step: one drafter call over [the context rows committed since the last call; the block [root, mask × (B−1)]]
+(modeling/dflash.py). The context rows' keys stay in the drafter's KV cache, the block's are cropped. The block's
+slot i holds the drafter's distribution for the token at depth i; the proposal is
+  chain  (top_k 1)  the top token (or one sample of q_i) at each depth 1..min(depth, B−1);
+  tree   (top_k k)  a caterpillar: at depth i the k best (or k sampled without replacement) tokens of slot i, all
+                    children of the principal (first) node at depth i−1, best-scored nodes kept up to total_tokens
+                    (cumulative log-probability along the principal chain; the principal chain ranks first).
+The drafter is always run with its full trained block, whatever the depth used. Sampled drafts carry q for the
+verifier; slot i's q does not depend on the tokens drawn before it — still an exact proposal for the
+rejection sampler, which only needs each draft drawn from the q it is checked against.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ...modeling.dflash import block_attention
+from ..kv_cache import crop_cache, select_rows
+from ..tree import DraftTree, draft_children, rank_desc
+from . import register_proposer
+
+
+def caterpillar_tree(drafter, root: torch.Tensor, logits: torch.Tensor, top_k: int, total_tokens: int, sampling,
+                     generator) -> DraftTree:
+    """root [B], per-depth logits [B, D, V] → the tree described in the module docstring."""
+    if sampling is not None and (sampling.greedy or sampling.draft == "greedy"):
+        sampling = None  # deterministic top-k candidates (verified as point-mass drafts when sampling)
+    bsz, depth, _ = logits.shape
+    dev = logits.device
+    k = min(top_k, logits.shape[-1])
+    ids, slot_scores, q = draft_children(logits, k, sampling, generator)  # [B, D, k]
+    principal_cum = torch.cat([torch.zeros(bsz, 1, device=dev), slot_scores[..., 0].cumsum(1)[:, :-1]], 1)
+    scores = torch.minimum(principal_cum[..., None] + slot_scores, principal_cum[..., None])  # ≤ the parent's
+    principal = (torch.arange(k, device=dev) == 0).expand(bsz, depth, k)
+    pool_depth = torch.arange(1, depth + 1, device=dev)[:, None].expand(depth, k)
+    pool_parent = ((torch.arange(depth, device=dev) - 1) * k)[:, None].expand(depth, k)  # principal at depth − 1
+    keep = rank_desc(principal.reshape(bsz, -1), scores.reshape(bsz, -1))[:, : min(total_tokens, depth * k)]
+    keep = keep.sort(1).values  # pool order (depth-major) lists parents before children
+    n = keep.shape[1]
+    where = torch.full((bsz, depth * k), -1, dtype=torch.long, device=dev)
+    where.scatter_(1, keep, torch.arange(1, n + 1, device=dev).expand(bsz, n))
+    pp = pool_parent.reshape(-1).expand(bsz, -1).gather(1, keep)
+    parents = torch.where(pp >= 0, where.gather(1, pp.clamp_min(0)), torch.zeros_like(pp))
+    col = lambda v: torch.full((bsz, 1), v, dtype=torch.long, device=dev)  # noqa: E731
+    tokens = drafter.draft_to_target(ids).reshape(bsz, -1).gather(1, keep)
+    tree = DraftTree(tokens=torch.cat([root[:, None], tokens], 1),
+                     parents=torch.cat([col(-1), parents], 1),
+                     depths=torch.cat([col(0), pool_depth.reshape(-1).expand(bsz, -1).gather(1, keep)], 1),
+                     max_children=k)
+    if q is not None:  # q row i = the children of the depth-i principal node (row 0: the root's)
+        tree.q = q
+        q_of_pool = torch.where(principal & (pool_depth < depth)[None], pool_depth[None], -1).reshape(bsz, -1)
+        tree.q_index = torch.cat([col(0), q_of_pool.gather(1, keep)], 1)
+        if drafter.reduced_vocab:
+            tree.draft_ids = drafter.draft_to_target(torch.arange(q.shape[-1], device=dev))
+    return tree
+
+
+@register_proposer("block")
+class BlockProposer:
+    def __init__(self, drafter, depth: int, top_k: int, total_tokens: int, best_first: bool = False):
+        self.drafter = drafter
+        self.depth = min(depth, drafter.block_size - 1)
+        self.top_k = top_k
+        self.total_tokens = self.depth if top_k == 1 else total_tokens
+        self.feature_layers = drafter.feature_layers
+        self.max_nodes = min(self.total_tokens, self.depth * top_k)
+        # Per decode: the drafter's cache of context keys, which of its slots are real [B, P], and the context not
+        # yet fed (base features [B, L, ·], their positions and real-row mask [B, L]).
+        self.cache = self.valid = self.pending = self.root_pos = None
+
+    def start(self, hidden, ids, root, positions, valid, base_cache) -> None:
+        self.cache = DynamicCache()
+        self.valid = torch.zeros(ids.shape[0], 0, dtype=torch.bool, device=ids.device)
+        self.pending = (hidden, positions, valid)
+
+    def propose(self, root, root_pos, sampling, gen) -> DraftTree:
+        d = self.drafter
+        feats, ctx_pos, ctx_valid = self.pending
+        bsz, n_ctx, size = feats.shape[0], feats.shape[1], d.block_size
+        dev = root.device
+        block_ids = torch.full((bsz, size), d.mask_token_id, dtype=torch.long, device=dev)
+        block_ids[:, 0] = root
+        block_pos = root_pos[:, None] + torch.arange(size, device=dev)
+        before = torch.ones(bsz, size, n_ctx, dtype=torch.bool, device=dev)  # the pending context precedes the root
+        mask = block_attention(ctx_valid, before, torch.zeros(bsz, size, dtype=torch.long, device=dev),
+                               d.compute_dtype, self.valid)
+        out = d(d.context(feats), ctx_pos, block_ids, block_pos, mask, past_key_values=self.cache)
+        cached = self.valid.shape[1] + n_ctx
+        crop_cache(self.cache, cached)  # the block's keys go; the context's stay
+        self.valid, self.pending, self.root_pos = torch.cat([self.valid, ctx_valid], 1), None, root_pos
+        return caterpillar_tree(d, root, d.logits(out[:, 1:1 + self.depth]), self.top_k, self.total_tokens,
+                                sampling, gen)
+
+    def commit(self, hidden, next_tokens, lens) -> None:
+        """The accepted path's base features become context at positions root_pos + i (the root's included)."""
+        width = next_tokens.shape[1]
+        steps = torch.arange(width, device=next_tokens.device)[None]
+        self.pending = (hidden, self.root_pos[:, None] + steps, steps < lens[:, None])
+
+    def keep(self, rows) -> None:
+        select_rows(self.cache, rows)
+        self.valid = self.valid[rows]
+        if self.pending is not None:
+            self.pending = tuple(x[rows] for x in self.pending)
