@@ -38,6 +38,9 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
     "eagle3_shared_head": ("eagle3", {"modeling__lm_head": "shared"}, ("vllm", "sglang")),
     "eagle3_1": ("eagle3", {"modeling__fc_norm": True, "modeling__norm_output": True}, ("vllm", "sglang")),
     "eagle2": ("eagle2", {}, ("vllm", "sglang")),
+    # DFlash: a block of DEPTH + 1 (vLLM drafts block_size − 1 tokens), 2 Qwen3 layers (vLLM's DFlash layers)
+    "dflash": ("dflash", {"modeling__block_size": DEPTH + 1, "modeling__draft_family": "qwen3",
+                          "modeling__draft_layers": 2, "algorithm__num_anchors": 16}, ("vllm",)),
 }
 
 
@@ -108,7 +111,7 @@ def vllm_results(served, drafters, prompts):
     runs = [{"name": "base", "speculative_config": None}]
     for name in DRAFTERS:
         spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
-        method = "eagle3" if spec.get("speculators_model_type") == "eagle3" else "eagle"
+        method = spec.get("speculators_model_type") or "eagle"  # eagle3 / dflash (speculators), else eagle
         runs.append({"name": name, "speculative_config": {"method": method, "model": str(drafters[name] / "vllm"),
                                                           "num_speculative_tokens": DEPTH}})
     for r in runs:

@@ -100,8 +100,17 @@ def help_text(entry: str, summary: str) -> str:
         f"{summary}\n\n"
         "Precedence: defaults (or the saved config) < presets in CLI order < --section.key overrides.\n"
         "Values are literals (1e-4, true, None, [1, 2], {'a': 1}); anything else is a string.\n\n"
-        f"presets (configs/):\n{preset_lines}\n\nsections and keys:\n{describe_sections()}\n"
+        f"presets (configs/):\n{preset_lines}\n\nalgorithm.name: {' | '.join(algorithm_names())}\n\n"
+        f"sections and keys:\n{describe_sections()}\n"
     )
+
+
+def algorithm_names() -> list[str]:
+    """The registered algorithms (specforge_het/algorithms/), for --help."""
+    from ..algorithms import _REGISTRY, _load_all
+
+    _load_all()
+    return sorted(_REGISTRY)
 
 
 def run_entry(entry: str, summary: str, main: Callable[[RunConfig, list[str]], object],

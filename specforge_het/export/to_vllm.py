@@ -115,14 +115,59 @@ def eagle_to_vllm(drafter, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
     return config, weights
 
 
+def dflash_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[dict, dict]:
+    """The speculators `dflash` format (vLLM maps it to `DFlashDraftModel` = qwen3_dflash.py): Qwen3 layers (vLLM's
+    DFlash attention has q/k norms), `aux_hidden_state_layer_ids` in the aux convention (ours + 1; vLLM subtracts
+    1 again for `dflash_config.target_layer_ids`), `mask_token_id`, non-causal blocks; `speculative_tokens` =
+    block_size − 1 so that vLLM runs the block the drafter was trained with."""
+    cfg = drafter.hf_config
+    if cfg.model_type != "qwen3":
+        raise ConfigError(f"vLLM's DFlash draft layers are Qwen3 layers (q/k norms); this draft is {cfg.model_type} "
+                          "— retrain with modeling.draft_family qwen3 (the --@dflash default)")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ConfigError("vLLM's DFlash layers take no attention / MLP bias; this draft has one")
+    weights = {}
+    for k, v in _state(drafter, dtype).items():
+        if k == "embed.weight":
+            weights["embed_tokens.weight"] = v
+        elif k.startswith(("layers.", "fc.", "hidden_norm.", "norm.", "lm_head.")) or k == "d2t":
+            weights[k] = v
+        elif k != "t2d":
+            raise ConfigError(f"DFlash export to vLLM: unexpected drafter weight {k!r}")
+    layer_cfg = _layer_config(cfg)
+    layer_cfg["vocab_size"] = drafter.base_vocab_size
+    config = {
+        "speculators_model_type": "dflash",
+        "architectures": ["DFlashSpeculator"],
+        "transformer_layer_config": layer_cfg,
+        "draft_vocab_size": drafter.draft_vocab_size or drafter.base_vocab_size,
+        "aux_hidden_state_layer_ids": [k + 1 for k in drafter.feature_layers],
+        "mask_token_id": drafter.mask_token_id,
+        "block_size": drafter.block_size,
+        "speculators_config": {
+            "algorithm": "dflash",
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": drafter.block_size - 1}],
+            "default_proposal_method": "greedy",
+            "verifier": {"name_or_path": base, "architectures": []},
+        },
+        "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
+    }
+    if cfg.hidden_size != drafter.base_hidden_size:
+        config["target_hidden_size"] = drafter.base_hidden_size
+    return config, weights
+
+
 def speculative_config(config: dict, out: Path, steps: int) -> dict:
     """The --speculative-config a user passes to `vllm serve` (and the tests pass to `vllm.LLM`)."""
-    method = "eagle3" if config.get("speculators_model_type") == "eagle3" else "eagle"
+    method = config.get("speculators_model_type") or "eagle"
+    if method == "dflash":  # the block the drafter was trained with
+        steps = config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
     return {"method": method, "model": str(out), "num_speculative_tokens": steps}
 
 
 CONVERTERS = {"eagle3_drafter": lambda d, dtype, base, steps: eagle3_to_vllm(d, dtype, base, steps),
-              "eagle_drafter": lambda d, dtype, base, steps: eagle_to_vllm(d, dtype)}
+              "eagle_drafter": lambda d, dtype, base, steps: eagle_to_vllm(d, dtype),
+              "dflash_drafter": lambda d, dtype, base, steps: dflash_to_vllm(d, dtype, base)}
 
 
 def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
@@ -147,5 +192,6 @@ vllm serve {base} --speculative-config '{json.dumps(spec)}'
 
 EXPORTER = register_exporter(Exporter(
     "vllm", "vLLM 0.32's speculators / eagle formats + README.md with the `vllm serve` command",
-    {"eagle3_drafter": "speculators eagle3", "eagle_drafter": "eagle (EagleLlamaForCausalLM)"},
+    {"eagle3_drafter": "speculators eagle3", "eagle_drafter": "eagle (EagleLlamaForCausalLM)",
+     "dflash_drafter": "speculators dflash (DFlashDraftModel)"},
     lambda drafter, out, dtype, base, ex: export_vllm(drafter, out, dtype, base, ex.num_steps)))
