@@ -8,7 +8,7 @@ import torch
 from conftest import make_cfg
 
 from specforge_het.inference import __main__ as inference
-from specforge_het.inference import divergence, engine
+from specforge_het.inference import divergence, verify
 from specforge_het.inference.accept import path_indices, take
 from specforge_het.modeling.base import load_base
 from specforge_het.modeling.drafter import build_drafter
@@ -115,7 +115,7 @@ def test_a_broken_verifier_fails_the_check(tmp_path, tiny_base, tiny_conversatio
     def accept_everything(tree, anc, base_argmax):
         return path_indices(take(anc, tree.depths.argmax(1, keepdim=True))[:, 0])
 
-    monkeypatch.setattr(engine, "greedy_accept", accept_everything)
+    monkeypatch.setattr(verify, "greedy_accept", accept_everything)  # what the greedy verifier calls
     with pytest.raises(SystemExit) as exc:
         inference.run(cfg, [])
     assert exc.value.code == 1
