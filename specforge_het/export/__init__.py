@@ -25,8 +25,6 @@ from ..modeling.drafter_base import CONFIG_NAME, load_drafter
 from .registry import get_exporter
 from .to_ours import export_specforge_het  # noqa: F401  (public: tests and benchmarks call it)
 
-FORMATS = ("specforge_het", "sglang", "vllm")  # the exporters in registry.MODULES, for the schema and --help
-
 log = logging.getLogger(__name__)
 
 

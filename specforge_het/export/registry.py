@@ -1,13 +1,13 @@
 """Exporters: one per serving target (`export.to`), one file each, registered by name.
 
-An exporter declares which drafter architectures it writes (`converters`: architecture → a function giving the
-target's config and weights) and refuses any other with one line naming what it does write. `write` puts the
+An exporter declares which drafter architectures it writes (`supports`: architecture → the target's format for it)
+and refuses any other with one line naming what it does write. `write` puts the
 files in place; `verify` (optional) proves them with the target's own loader and returns a one-line report.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,16 +21,16 @@ MODULES = ("to_ours", "to_sglang", "to_vllm")
 class Exporter:
     name: str
     description: str
-    # drafter architecture (modeling.drafter_base.ARCHITECTURES) → what that drafter becomes in this target
-    supports: dict[str, str]
+    # drafter architecture (modeling.drafter_base.ARCHITECTURES) → what that drafter becomes in this target;
+    # None = every architecture
+    supports: Optional[dict[str, str]]
     # (drafter, out, dtype, base model, export config) → the folder written
     write: Callable[..., Path]
     verify: Optional[Callable[[Path, str], str]] = None
-    converters: dict = field(default_factory=dict)
 
     def check(self, drafter) -> None:
         arch = getattr(drafter, "ARCHITECTURE", type(drafter).__name__)
-        if arch not in self.supports:
+        if self.supports is not None and arch not in self.supports:
             what = ", ".join(f"{a} ({f})" for a, f in self.supports.items())
             raise ConfigError(f"export.to {self.name}: writes {what}; this is a "
                               f"{drafter.meta.get('algorithm', arch)} drafter ({arch})")

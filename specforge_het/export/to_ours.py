@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..modeling.drafter_base import ARCHITECTURES, load_drafter
+from ..modeling.drafter_base import load_drafter
 from .registry import Exporter, register_exporter
 
 
@@ -19,15 +19,5 @@ def export_specforge_het(drafter, out: str, dtype, base=None, cfg=None) -> Path:
     return out_path
 
 
-class _Every(dict):
-    """Every registered architecture (read when checked, so later registrations count)."""
-
-    def __contains__(self, arch) -> bool:
-        return arch in ARCHITECTURES
-
-    def items(self):
-        return [(a, "itself") for a in ARCHITECTURES]
-
-
-register_exporter(Exporter("specforge_het", "our own: model.safetensors + drafter_config.json", _Every(),
+register_exporter(Exporter("specforge_het", "our own: model.safetensors + drafter_config.json", None,
                            export_specforge_het))

@@ -47,6 +47,14 @@ def _layer_config(cfg) -> dict:
     return fields
 
 
+def _speculators_config(algorithm: str, tokens: int, base: str) -> dict:
+    """The `speculators_config` block vLLM validates: one greedy proposal method of `tokens` drafts, the verifier."""
+    return {"algorithm": algorithm,
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": tokens}],
+            "default_proposal_method": "greedy",
+            "verifier": {"name_or_path": base, "architectures": []}}
+
+
 def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int) -> tuple[dict, dict]:
     cfg = drafter.hf_config
     if cfg.model_type not in VLLM_EAGLE3_FAMILIES:
@@ -86,12 +94,7 @@ def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int)
         "fc_norm": drafter.fc_norm,  # EAGLE-3.1 flags (speculators' names, read by vLLM's update_eagle3)
         "norm_output": drafter.norm_output,
         "eagle_aux_hidden_state_layer_ids": [k + 1 for k in drafter.feature_layers],
-        "speculators_config": {
-            "algorithm": "eagle3",
-            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": steps}],
-            "default_proposal_method": "greedy",
-            "verifier": {"name_or_path": base, "architectures": []},
-        },
+        "speculators_config": _speculators_config("eagle3", steps, base),
         "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
     }
     if cfg.hidden_size != drafter.base_hidden_size:
@@ -144,12 +147,7 @@ def dflash_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[di
         "aux_hidden_state_layer_ids": [k + 1 for k in drafter.feature_layers],
         "mask_token_id": drafter.mask_token_id,
         "block_size": drafter.block_size,
-        "speculators_config": {
-            "algorithm": "dflash",
-            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": drafter.block_size - 1}],
-            "default_proposal_method": "greedy",
-            "verifier": {"name_or_path": base, "architectures": []},
-        },
+        "speculators_config": _speculators_config("dflash", drafter.block_size - 1, base),
         "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
     }
     if cfg.hidden_size != drafter.base_hidden_size:
@@ -186,8 +184,6 @@ vllm serve {base} --speculative-config '{json.dumps(spec)}'
 ```
 """)
     return out
-
-
 
 
 EXPORTER = register_exporter(Exporter(

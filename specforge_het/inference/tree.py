@@ -187,28 +187,46 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
             frontier_feat = take(out, best // k)
         pool_size += k_in * k
 
-    scores, principal, all_depths = pool.cat("scores"), pool.cat("principal"), pool.cat("depths")
-    keep = rank_desc(principal, scores)[:, : min(total_tokens, pool_size)]  # [B, n], ancestor-closed
-    # Parents before children: order by (depth, pool index).
-    keep = keep.gather(1, torch.argsort(all_depths.gather(1, keep) * (pool_size + 1) + keep, dim=1))
-    n = keep.shape[1]
-    where = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
-    where.scatter_(1, keep, torch.arange(1, n + 1, device=device).expand(bsz, n))
-    pp = pool.cat("parents").gather(1, keep)
-    parents = torch.where(pp >= 0, where.gather(1, pp.clamp_min(0)), torch.zeros_like(pp))
-    col = lambda v: torch.full((bsz, 1), v, dtype=torch.long, device=device)  # noqa: E731
-    tree = DraftTree(
-        tokens=torch.cat([root_token.view(bsz, 1), pool.cat("tokens").gather(1, keep)], dim=1),
-        parents=torch.cat([col(-1), parents], dim=1),
-        depths=torch.cat([col(0), all_depths.gather(1, keep)], dim=1),
-        max_children=k,
-    )
+    tree, keep = select_tree(root_token, pool.cat("tokens"), pool.cat("parents"), pool.cat("depths"),
+                             pool.cat("principal"), pool.cat("scores"), total_tokens, k)
     if sampled:
         q_of_pool = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
         rows = torch.arange(1, fed_pool_idx.shape[1] + 1, device=device).expand_as(fed_pool_idx)
         q_of_pool.scatter_(1, fed_pool_idx, rows)
-        tree.q = torch.cat(q_rows, dim=1)  # [B, 1 + fed, V_draft]; row 0 = the root's
-        tree.q_index = torch.cat([col(0), q_of_pool.gather(1, keep)], dim=1)
-        if getattr(drafter, "reduced_vocab", False):
-            tree.draft_ids = drafter.draft_to_target(torch.arange(tree.q.shape[-1], device=device))
+        attach_q(tree, drafter, torch.cat(q_rows, dim=1), q_of_pool.gather(1, keep))  # q row 0 = the root's
     return tree
+
+
+def select_tree(root_token: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor,
+                principal: torch.Tensor, scores: torch.Tensor, total_tokens: int, max_children: int
+                ) -> tuple[DraftTree, torch.Tensor]:
+    """The best `total_tokens` candidates of a pool (per row [B, N]: target token ids, parents as pool indices with
+    −1 = the root, depths, principal-chain flags, scores), ranked as the module docstring says, as a DraftTree in
+    (depth, pool index) order → (tree, the kept pool indices [B, n] in tree order)."""
+    bsz, pool_size = tokens.shape
+    device = tokens.device
+    keep = rank_desc(principal, scores)[:, : min(total_tokens, pool_size)]  # [B, n], ancestor-closed
+    # Parents before children: order by (depth, pool index).
+    keep = keep.gather(1, torch.argsort(depths.gather(1, keep) * (pool_size + 1) + keep, dim=1))
+    n = keep.shape[1]
+    where = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
+    where.scatter_(1, keep, torch.arange(1, n + 1, device=device).expand(bsz, n))
+    pp = parents.gather(1, keep)
+    tree_parents = torch.where(pp >= 0, where.gather(1, pp.clamp_min(0)), torch.zeros_like(pp))
+    col = lambda v: torch.full((bsz, 1), v, dtype=torch.long, device=device)  # noqa: E731
+    tree = DraftTree(
+        tokens=torch.cat([root_token.view(bsz, 1), tokens.gather(1, keep)], dim=1),
+        parents=torch.cat([col(-1), tree_parents], dim=1),
+        depths=torch.cat([col(0), depths.gather(1, keep)], dim=1),
+        max_children=max_children,
+    )
+    return tree, keep
+
+
+def attach_q(tree: DraftTree, drafter, q: torch.Tensor, q_index_of_kept: torch.Tensor) -> None:
+    """A sampled tree's draft distributions: q [B, F, V_draft], each kept node's row of q (−1: not expanded; the
+    root's is row 0), and the target ids of the draft vocabulary when it is reduced."""
+    tree.q = q
+    tree.q_index = torch.cat([torch.zeros_like(q_index_of_kept[:, :1]), q_index_of_kept], dim=1)
+    if getattr(drafter, "reduced_vocab", False):
+        tree.draft_ids = drafter.draft_to_target(torch.arange(q.shape[-1], device=q.device))

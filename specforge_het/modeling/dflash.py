@@ -25,7 +25,8 @@ from torch import nn
 
 from ..config.schema import ConfigError
 from .draft_config import draft_hf_config
-from .drafter_base import DrafterBase, additive_mask, build_for_base, family_stack, register_architecture, rope_kwargs
+from .drafter_base import (DrafterBase, additive_mask, build_for_base, family_stack, register_architecture,
+                           require_own_parts_for_width, rope_kwargs)
 
 
 def block_feature_layers(num_layers: int) -> list[int]:
@@ -56,13 +57,7 @@ class DFlashDrafter(DrafterBase):
         if base_vocab_size is not None and not 0 <= mask_token_id < base_vocab_size:
             raise ConfigError(f"modeling.mask_token_id: expected 0..{base_vocab_size - 1} (a base token id), "
                               f"got {mask_token_id}")
-        if not own_embedding and (base_embed_dim or base_hidden_size) != width:
-            raise ConfigError(f"DFlash at draft width {width} ≠ base embedding width "
-                              f"{base_embed_dim or base_hidden_size} needs its own embedding: "
-                              "set modeling.embedding: own")
-        if not own_lm_head and width != base_hidden_size:
-            raise ConfigError(f"DFlash at draft width {width} ≠ base width {base_hidden_size} needs its own lm_head: "
-                              "set modeling.lm_head: own")
+        require_own_parts_for_width("DFlash", width, base_hidden_size, base_embed_dim, own_embedding, own_lm_head)
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=width, embed_dim=width)
         from transformers.models.llama.modeling_llama import LlamaRMSNorm

@@ -84,6 +84,18 @@ def rope_kwargs(rotary_emb) -> dict:
     return {"layer_type": "full_attention"} if "layer_type" in inspect.signature(rotary_emb.forward).parameters else {}
 
 
+def require_own_parts_for_width(kind: str, width: int, base_hidden_size: int, base_embed_dim: Optional[int],
+                                own_embedding: bool, own_lm_head: bool) -> None:
+    """A drafter whose layers run at `width` can share the base's embedding / lm_head only at the base's widths."""
+    embed_width = base_embed_dim or base_hidden_size
+    if not own_embedding and embed_width != width:
+        raise ConfigError(f"{kind} at draft width {width} ≠ base embedding width {embed_width}"
+                          " needs its own embedding: set modeling.embedding: own")
+    if not own_lm_head and width != base_hidden_size:
+        raise ConfigError(f"{kind} at draft width {width} ≠ base width {base_hidden_size} needs its own lm_head: "
+                          "set modeling.lm_head: own")
+
+
 class DrafterBase(nn.Module):
     ARCHITECTURE = "?"
     EXTRA_KEYS: tuple = ()  # constructor arguments of the subclass saved in drafter_config.json

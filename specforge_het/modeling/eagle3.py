@@ -21,7 +21,7 @@ from torch import nn
 from ..config.schema import ConfigError
 from .draft_config import draft_hf_config
 from .drafter_base import (DrafterBase, build_for_base, causal_mask, family_stack, register_architecture,
-                           rope_kwargs)
+                           require_own_parts_for_width, rope_kwargs)
 
 
 def default_feature_layers(num_layers: int) -> list[int]:
@@ -74,13 +74,7 @@ class Eagle3Drafter(DrafterBase):
                               f"{hf_config.num_hidden_layers}")
         if not feature_layers:
             raise ConfigError("EAGLE-3 drafter needs its base feature layer ids (data.aux_layer_ids)")
-        if not own_embedding and (base_embed_dim or base_hidden_size) != width:
-            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base embedding width "
-                              f"{base_embed_dim or base_hidden_size}"
-                              " needs its own embedding: set modeling.embedding: own")
-        if not own_lm_head and width != base_hidden_size:
-            raise ConfigError(f"EAGLE-3 at draft width {width} ≠ base width {base_hidden_size} needs its own lm_head: "
-                              "set modeling.lm_head: own")
+        require_own_parts_for_width("EAGLE-3", width, base_hidden_size, base_embed_dim, own_embedding, own_lm_head)
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=width, embed_dim=width)
         self.feature_layers = list(feature_layers)

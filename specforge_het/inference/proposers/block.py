@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from ...modeling.dflash import block_attention
 from ..kv_cache import crop_cache, select_rows
-from ..tree import DraftTree, draft_children, rank_desc
+from ..tree import DraftTree, attach_q, draft_children, select_tree
 from . import register_proposer
 
 
@@ -33,28 +33,15 @@ def caterpillar_tree(drafter, root: torch.Tensor, logits: torch.Tensor, top_k: i
     ids, slot_scores, q = draft_children(logits, k, sampling, generator)  # [B, D, k]
     principal_cum = torch.cat([torch.zeros(bsz, 1, device=dev), slot_scores[..., 0].cumsum(1)[:, :-1]], 1)
     scores = torch.minimum(principal_cum[..., None] + slot_scores, principal_cum[..., None])  # ≤ the parent's
-    principal = (torch.arange(k, device=dev) == 0).expand(bsz, depth, k)
-    pool_depth = torch.arange(1, depth + 1, device=dev)[:, None].expand(depth, k)
-    pool_parent = ((torch.arange(depth, device=dev) - 1) * k)[:, None].expand(depth, k)  # principal at depth − 1
-    keep = rank_desc(principal.reshape(bsz, -1), scores.reshape(bsz, -1))[:, : min(total_tokens, depth * k)]
-    keep = keep.sort(1).values  # pool order (depth-major) lists parents before children
-    n = keep.shape[1]
-    where = torch.full((bsz, depth * k), -1, dtype=torch.long, device=dev)
-    where.scatter_(1, keep, torch.arange(1, n + 1, device=dev).expand(bsz, n))
-    pp = pool_parent.reshape(-1).expand(bsz, -1).gather(1, keep)
-    parents = torch.where(pp >= 0, where.gather(1, pp.clamp_min(0)), torch.zeros_like(pp))
-    col = lambda v: torch.full((bsz, 1), v, dtype=torch.long, device=dev)  # noqa: E731
-    tokens = drafter.draft_to_target(ids).reshape(bsz, -1).gather(1, keep)
-    tree = DraftTree(tokens=torch.cat([root[:, None], tokens], 1),
-                     parents=torch.cat([col(-1), parents], 1),
-                     depths=torch.cat([col(0), pool_depth.reshape(-1).expand(bsz, -1).gather(1, keep)], 1),
-                     max_children=k)
+    # The pool, depth-major ([B, D·k]): slot j of depth d is the child of depth d−1's principal (first) slot.
+    levels = torch.arange(depth, device=dev).repeat_interleave(k).expand(bsz, -1)
+    principal = (torch.arange(k, device=dev) == 0).repeat(depth).expand(bsz, -1)
+    parents = torch.where(levels > 0, (levels - 1) * k, -1)
+    tree, keep = select_tree(root, drafter.draft_to_target(ids).reshape(bsz, -1), parents, levels + 1, principal,
+                             scores.reshape(bsz, -1), total_tokens, k)
     if q is not None:  # q row i = the children of the depth-i principal node (row 0: the root's)
-        tree.q = q
-        q_of_pool = torch.where(principal & (pool_depth < depth)[None], pool_depth[None], -1).reshape(bsz, -1)
-        tree.q_index = torch.cat([col(0), q_of_pool.gather(1, keep)], 1)
-        if drafter.reduced_vocab:
-            tree.draft_ids = drafter.draft_to_target(torch.arange(q.shape[-1], device=dev))
+        q_of_pool = torch.where(principal & (levels + 1 < depth), levels + 1, -1)
+        attach_q(tree, drafter, q, q_of_pool.gather(1, keep))
     return tree
 
 
