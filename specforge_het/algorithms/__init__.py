@@ -20,12 +20,21 @@ class Algorithm:
     build: Callable  # (base, modeling_cfg, feature_layers, meta, draft_vocab) → drafter
     # (num_base_layers, configured aux ids) → base block ids the drafter reads; None = the last hidden state only.
     feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
+    # The algorithm-specific modeling switches (SPECIFIC_SWITCHES) this algorithm's drafter honours.
+    modeling_keys: tuple = ()
 
 
 _REGISTRY: dict[str, Algorithm] = {}
 
 
 def register(algorithm: Algorithm) -> Algorithm:
+    build = algorithm.build
+
+    def checked_build(base, modeling, *args):
+        check_modeling_switches(algorithm, modeling)
+        return build(base, modeling, *args)
+
+    algorithm.build = checked_build
     _REGISTRY[algorithm.name] = algorithm
     return algorithm
 
@@ -42,12 +51,22 @@ def get_algorithm(name: str) -> Algorithm:
     return _REGISTRY[name]
 
 
-def refuse_eagle3_flags(modeling, algorithm: str) -> None:
-    """The EAGLE-3.1 flags change an EAGLE-3 drafter; set on another algorithm they would do nothing, silently."""
-    flags = [f"modeling.{k}" for k in ("fc_norm", "norm_output") if getattr(modeling, k)]
-    if flags:
-        raise ConfigError(f"{', '.join(flags)}: EAGLE-3.1 flags of the eagle3 algorithm; algorithm.name is "
-                          f"{algorithm} — unset them, or use --@eagle3_1")
+# Modeling switches only some drafters have → the preset that sets them (named in the error).
+SPECIFIC_SWITCHES = {"fc_norm": "--@eagle3_1", "norm_output": "--@eagle3_1", "block_size": "--@dflash or --@dspark",
+                     "mask_token_id": "--@dflash or --@dspark", "markov_rank": "--@dspark",
+                     "confidence_cut": "--@dspark"}
+
+
+def check_modeling_switches(algorithm: Algorithm, modeling) -> None:
+    """A switch set away from its default on an algorithm whose drafter ignores it would do nothing, silently."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(modeling)}
+    ignored = [k for k in SPECIFIC_SWITCHES if k not in algorithm.modeling_keys and getattr(modeling, k) != defaults[k]]
+    if ignored:
+        raise ConfigError(f"{', '.join(f'modeling.{k}' for k in ignored)}: not a switch of the {algorithm.name} "
+                          f"drafter (it would be ignored); unset {'it' if len(ignored) == 1 else 'them'}, or use "
+                          f"{' / '.join(sorted({SPECIFIC_SWITCHES[k] for k in ignored}))}")
 
 
 def get_loss(name: str) -> Callable:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling.classic import build_classic_drafter
-from . import Algorithm, refuse_eagle3_flags, register
+from . import Algorithm, register
 from .losses import distribution_loss, masked_mean
 
 
@@ -32,7 +32,6 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
-    refuse_eagle3_flags(modeling, "classic_draft")
     if draft_vocab is not None:
         from ..config.schema import ConfigError
 

@@ -9,10 +9,12 @@ among the eligible positions while training (all of them, in chunks, for the sim
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..modeling.dflash import block_attention, block_feature_layers, build_dflash_drafter
-from . import Algorithm, refuse_eagle3_flags, register
+from . import Algorithm, register
 from .losses import distribution_loss, masked_mean, top1_hits
 from .unroll import drafter_features
 
@@ -60,7 +62,18 @@ def _targets(values: torch.Tensor, anchors: torch.Tensor, size: int, shift: int)
     return picked.view(*rows.shape, *values.shape[2:]), inside
 
 
-def dflash_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+@dataclass
+class Blocks:
+    """One batch's training blocks: anchors [B, N], the drafter's slot outputs [B, N, B−1, H], the base's target
+    logits [B, N, B−1, V_draft], whether its top token is in the draft vocabulary, and which slots count (mask)."""
+    anchors: torch.Tensor
+    outputs: torch.Tensor
+    target_logits: torch.Tensor
+    in_vocab: torch.Tensor
+    mask: torch.Tensor
+
+
+def training_blocks(drafter, batch: dict, alg, training: bool) -> Blocks:
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     size = drafter.block_size
     gen = None if training else torch.Generator(device=ids.device).manual_seed(0)  # evaluation: the same anchors
@@ -69,18 +82,27 @@ def dflash_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     feats, inside = _targets(last, anchors, size, shift=1)  # the base's feature before each drafted token
     target_logits, in_vocab = drafter.target_logits(feats)
     tok_mask, _ = _targets(mask, anchors, size, shift=0)
-    dtype = out.dtype
-    m = (inside & real[..., None] & tok_mask.bool()).to(dtype)
-    logits = drafter.logits(out)
-    per_pos = distribution_loss(alg.loss)(target_logits, logits)  # [B, N, B−1]
-    decay = alg.ttt_decay ** torch.arange(size - 1, device=ids.device, dtype=dtype)
+    return Blocks(anchors, out, target_logits, in_vocab, (inside & real[..., None] & tok_mask.bool()).to(out.dtype))
+
+
+def block_distillation(logits: torch.Tensor, blocks: Blocks, alg) -> tuple[torch.Tensor, dict]:
+    """The menu's loss per slot, slot i weighted decay**(i−1), and the per-slot top-1 agreement."""
+    m, in_vocab = blocks.mask, blocks.in_vocab
+    dtype, slots = m.dtype, m.shape[-1]
+    per_pos = distribution_loss(alg.loss)(blocks.target_logits, logits)  # [B, N, B−1]
+    decay = alg.ttt_decay ** torch.arange(slots, device=m.device, dtype=dtype)
     total = sum(decay[i] * masked_mean(per_pos[..., i], m[..., i] * in_vocab[..., i].to(dtype))
-                for i in range(size - 1)) / decay.sum()
+                for i in range(slots)) / decay.sum()
     with torch.no_grad():
-        hits = top1_hits(logits, target_logits, in_vocab).to(dtype)
-        metrics = {f"acc_{i}": masked_mean(hits[..., i], m[..., i]) for i in range(size - 1)}
+        hits = top1_hits(logits, blocks.target_logits, in_vocab).to(dtype)
+        metrics = {f"acc_{i}": masked_mean(hits[..., i], m[..., i]) for i in range(slots)}
     metrics["acc"] = metrics["acc_0"]
     return total, metrics
+
+
+def dflash_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    blocks = training_blocks(drafter, batch, alg, training)
+    return block_distillation(drafter.logits(blocks.outputs), blocks, alg)
 
 
 @torch.no_grad()
@@ -100,7 +122,7 @@ def block_simulated_acceptance(drafter, batch: dict, depth: int, chunk: int = 64
         for start in range(0, where.numel(), chunk):
             anchors = where[start:start + chunk][None]
             out = block_outputs(drafter, context[b:b + 1], ids[b:b + 1], anchors)
-            drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))[0]  # [N, B−1]
+            drafted = drafter.draft_to_target(drafter.greedy_block(out, ids[b:b + 1].gather(1, anchors)))[0]  # [N, B−1]
             want, inside = _targets(greedy[b:b + 1], anchors, size, shift=1)
             data, _ = _targets(ids[b:b + 1], anchors, size, shift=0)
             want, inside, data = want[0], inside[0], data[0]
@@ -119,7 +141,6 @@ def feature_layers(num_layers: int, configured: list) -> list:
 
 
 def build(base, modeling, layers, meta, draft_vocab):
-    refuse_eagle3_flags(modeling, "dflash")
     return build_dflash_drafter(base, layers, modeling.block_size, modeling.mask_token_id,
                                 modeling.draft_config_overrides, meta=meta, family=modeling.draft_family,
                                 hidden_size=modeling.draft_hidden_size, own_embedding=modeling.embedding == "own",
@@ -127,4 +148,4 @@ def build(base, modeling, layers, meta, draft_vocab):
                                 draft_vocab=draft_vocab, draft_layers=modeling.draft_layers)
 
 
-register(Algorithm("dflash", dflash_loss, build, feature_layers))
+register(Algorithm("dflash", dflash_loss, build, feature_layers, modeling_keys=("block_size", "mask_token_id")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Algorithm, refuse_eagle3_flags, register
+from . import Algorithm, register
 from .losses import distribution_loss, masked_mean, top1_hits
 
 
@@ -39,7 +39,6 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
-    refuse_eagle3_flags(modeling, "eagle2")
     from ..modeling.drafter import build_drafter
 
     return build_drafter(base, modeling.draft_layers, modeling.draft_config_overrides, meta=meta,

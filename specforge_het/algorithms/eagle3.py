@@ -48,4 +48,4 @@ def build(base, modeling, layers, meta, draft_vocab):
                                 fc_norm=modeling.fc_norm, norm_output=modeling.norm_output)
 
 
-register(Algorithm("eagle3", eagle3_loss, build, feature_layers))
+register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output")))

@@ -64,7 +64,9 @@ def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor
     on the base's own greedy outputs every reached position is eligible and the estimate is exact.
     Rows: loss-masked, with the whole chain inside the sequence. Block drafters (DFlash) draft from anchors instead.
     """
-    if getattr(drafter, "PROPOSER", "tree") == "block":
+    from ..modeling.dflash import DFlashDrafter
+
+    if isinstance(drafter, DFlashDrafter):  # block drafters (DFlash, DSpark)
         from .dflash import block_simulated_acceptance
 
         return block_simulated_acceptance(drafter, batch, depth)

@@ -53,6 +53,11 @@ class ModelingSection:
     # slots are embedded as token mask_token_id (None = the base tokenizer's pad token, else its last id).
     block_size: int = 8
     mask_token_id: Optional[int] = None
+    # DSpark (on the DFlash backbone): rank of the Markov head (a bigram logit correction from the previous draft),
+    # and where the confidence head stops the block: drafts after the running product of per-slot acceptance
+    # estimates falls below confidence_cut are not verified (0 = verify the whole block; saved with the drafter).
+    markov_rank: int = 64
+    confidence_cut: float = 0.0
     # > 0: train those copied layers through rank-r LoRA adapters (peft) only; saved drafters hold merged weights.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -71,7 +76,8 @@ class AlgorithmSection:
     ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
     ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i; dflash: block position i+1's
     distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
-    num_anchors: int = 64  # dflash: blocks trained per sequence (anchors drawn among assistant positions)
+    num_anchors: int = 64  # dflash, dspark: blocks trained per sequence (anchors drawn among assistant positions)
+    confidence_weight: float = 0.1  # dspark: weight of the confidence head's loss (BCE to greedy acceptance)
     # how the drafter's distribution q is fitted to the base's p (algorithms/losses.py): forward_kl (soft CE, EAGLE's),
     # reverse_kl, jsd, tv (1 − Σ min(p, q)) or lk (−log Σ min(p, q)); the distillation term of every algorithm
     loss: Literal["forward_kl", "reverse_kl", "jsd", "tv", "lk"] = "forward_kl"

@@ -7,10 +7,14 @@ EAGLE-3.1 flags `fc_norm` (weights `fc_norm.{i}.weight`) and `norm_output`.
 EAGLE-1/2 → `LlamaForCausalLMEagle` / `Qwen2ForCausalLMEagle` / `MistralForCausalLMEagle`: `fc.weight`, `fc.bias`,
 `layers.N.*` with no input norm on layer 0; lm_head and embeddings come from the target.
 
+DFlash → `DFlashDraftModel`, DSpark → `Qwen3DSparkModel` (`block_to_sglang`): `layers.N.*` (Qwen3), `fc.weight`,
+`hidden_norm.weight`, `norm.weight` (+ `markov_head.*`, `confidence_head.proj.*`), `dflash_config`.
+
 Only drafts SGLang computes identically are written; anything else is refused with what SGLang lacks.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -105,8 +109,67 @@ def eagle_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
     return config, weights
 
 
+def block_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict, dict]:
+    """DFlash → SGLang's `DFlashDraftModel` (models/dflash.py), DSpark → its `Qwen3DSparkModel` (models/dspark.py, the
+    same backbone + `markov_head.*`, `confidence_head.proj.*`). Qwen3 layers (SGLang's DFlash attention always has
+    q/k norms); the embedding and lm_head are always the target's (the backbone's fc is [H, k·H]: the draft runs at
+    the target's width); `dflash_config.target_layer_ids` are ours (output of block i, DFlash's own convention).
+    DSpark's `block_size` counts its drafts (γ; `sample_from_anchor: false`: the anchor is the bonus token):
+    ours − 1."""
+    cfg = drafter.hf_config
+    dspark = drafter.ARCHITECTURE == "dspark_drafter"
+    if cfg.model_type != "qwen3":
+        raise ConfigError(f"SGLang's DFlash draft layers are Qwen3 layers (q/k norms); this draft is {cfg.model_type} "
+                          "— retrain with modeling.draft_family qwen3 (the --@dflash / --@dspark default)")
+    if drafter.own_embedding or drafter.own_lm_head or cfg.hidden_size != drafter.base_hidden_size:
+        raise ConfigError("SGLang's DFlash / DSpark drafts take the target's embedding and lm_head and run at its "
+                          "width: retrain with the shared embedding and lm_head at the base's width, or export to vllm")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ConfigError("SGLang's DFlash layers take no attention / MLP bias; this draft has one")
+    heads = ("markov_head.", "confidence_head.") if dspark else ()
+    weights = {}
+    for k, v in _state(drafter, dtype).items():
+        if k.startswith(("layers.", "fc.", "hidden_norm.", "norm.") + heads):
+            weights[k] = v
+        elif k not in ("d2t", "t2d"):
+            raise ConfigError(f"block drafter export to SGLang: unexpected drafter weight {k!r}")
+    layer = {**_llama_fields(cfg), "model_type": "qwen3"}
+    block = drafter.block_size - 1 if dspark else drafter.block_size
+    config = {
+        **layer, "architectures": ["Qwen3DSparkModel" if dspark else "DFlashDraftModel"],
+        "vocab_size": drafter.base_vocab_size, "block_size": block,
+        "dflash_config": {"target_layer_ids": list(drafter.feature_layers), "mask_token_id": drafter.mask_token_id,
+                          "block_size": block},
+        "torch_dtype": str(weights["fc.weight"].dtype).replace("torch.", ""),
+    }
+    if dspark:
+        config.update({"sample_from_anchor": False, "markov_rank": drafter.markov_rank, "markov_head_type": "vanilla",
+                       "enable_confidence_head": True, "confidence_head_with_markov": True,
+                       "mask_token_id": drafter.mask_token_id})
+    return config, weights
+
+
 def launch_readme(config: dict, base: str, draft_dir: Path, steps: int, topk: int, tokens: int) -> str:
-    eagle3 = config["architectures"][0].endswith("Eagle3")
+    arch = config["architectures"][0]
+    if arch in ("DFlashDraftModel", "Qwen3DSparkModel"):
+        algo = "DFLASH" if arch == "DFlashDraftModel" else "DSPARK"
+        drafts = config["block_size"] - (1 if algo == "DFLASH" else 0)
+        extra = ("\nSet `SGLANG_RAGGED_VERIFY_MODE=cap-accept` (or `compact`) for SGLang to load the confidence head "
+                 "and verify only the part of each block it expects accepted; the default `static` verifies whole "
+                 "blocks and skips the head." if algo == "DSPARK" else "")
+        return f"""# Draft model for SGLang ({arch})
+
+Exported by specforge_het. Serve it next to its base model with:
+
+```bash
+python -m sglang.launch_server --model-path {base} \\
+  --speculative-algorithm {algo} --speculative-draft-model-path {draft_dir} \\
+  --speculative-num-draft-tokens {drafts + 1}
+```
+
+{drafts} drafts per step plus the bonus token: the block the drafter was trained with.{extra}
+"""
+    eagle3 = arch.endswith("Eagle3")
     algo = "EAGLE3" if eagle3 else "EAGLE"
     return f"""# Draft model for SGLang ({config['architectures'][0]})
 
@@ -123,7 +186,8 @@ python -m sglang.launch_server --model-path {base} \\
 """
 
 
-CONVERTERS = {"eagle3_drafter": eagle3_to_sglang, "eagle_drafter": eagle_to_sglang}
+CONVERTERS = {"eagle3_drafter": eagle3_to_sglang, "eagle_drafter": eagle_to_sglang, "dflash_drafter": block_to_sglang,
+              "dspark_drafter": block_to_sglang}
 
 
 def export_sglang(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int, topk: int,
@@ -154,6 +218,10 @@ def verify_sglang(out: Path, base: str) -> str:
                                       if report["from_target"] else ""))
     from .sglang_check import check_sglang_export, sglang_models_dir
 
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    if arch in ("DFlashDraftModel", "Qwen3DSparkModel"):
+        return (f"skipped (the static reading of SGLang's sources covers its EAGLE layouts; {arch} is checked by "
+                "SGLang's own load_weights once the serving environment is built: python -m specforge_het.serving.env)")
     try:
         sglang_models_dir()
     except ConfigError as e:
@@ -169,5 +237,6 @@ def _write(drafter, out: Path, dtype, base: str, ex) -> Path:
 
 EXPORTER = register_exporter(Exporter(
     "sglang", "SGLang 0.5's draft layouts + README.md with the launch command",
-    {"eagle3_drafter": "LlamaForCausalLMEagle3", "eagle_drafter": "Llama/Qwen2/MistralForCausalLMEagle"},
+    {"eagle3_drafter": "LlamaForCausalLMEagle3", "eagle_drafter": "Llama/Qwen2/MistralForCausalLMEagle",
+     "dflash_drafter": "DFlashDraftModel", "dspark_drafter": "Qwen3DSparkModel"},
     _write, verify_sglang))

@@ -130,13 +130,14 @@ def dflash_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[di
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ConfigError("vLLM's DFlash layers take no attention / MLP bias; this draft has one")
     weights = {}
+    heads = ("markov_head.", "confidence_head.") if drafter.ARCHITECTURE == "dspark_drafter" else ()
     for k, v in _state(drafter, dtype).items():
         if k == "embed.weight":
             weights["embed_tokens.weight"] = v
-        elif k.startswith(("layers.", "fc.", "hidden_norm.", "norm.", "lm_head.")) or k == "d2t":
+        elif k.startswith(("layers.", "fc.", "hidden_norm.", "norm.", "lm_head.") + heads) or k == "d2t":
             weights[k] = v
         elif k != "t2d":
-            raise ConfigError(f"DFlash export to vLLM: unexpected drafter weight {k!r}")
+            raise ConfigError(f"block drafter export to vLLM: unexpected drafter weight {k!r}")
     layer_cfg = _layer_config(cfg)
     layer_cfg["vocab_size"] = drafter.base_vocab_size
     config = {
@@ -155,17 +156,33 @@ def dflash_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[di
     return config, weights
 
 
+def dspark_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[dict, dict]:
+    """The speculators `dspark` format (vLLM's Qwen3DSparkModel: qwen3_dspark.py): DFlash's backbone keys plus
+    `markov_head.*` and `confidence_head.proj.*`; `sample_from_anchor: false` (the anchor is the committed bonus
+    token, as we train), so DSpark's `block_size` counts the drafts only: ours − 1."""
+    config, weights = dflash_to_vllm(drafter, dtype, base)
+    config.update({
+        "speculators_model_type": "dspark", "architectures": ["Qwen3DSparkModel"],
+        "block_size": drafter.block_size - 1, "sample_from_anchor": False,
+        "markov_rank": drafter.markov_rank, "markov_head_type": "vanilla",
+        "enable_confidence_head": True, "confidence_head_with_markov": True,
+        "speculators_config": _speculators_config("dspark", drafter.block_size - 1, base),
+    })
+    return config, weights
+
+
 def speculative_config(config: dict, out: Path, steps: int) -> dict:
     """The --speculative-config a user passes to `vllm serve` (and the tests pass to `vllm.LLM`)."""
     method = config.get("speculators_model_type") or "eagle"
-    if method == "dflash":  # the block the drafter was trained with
+    if method in ("dflash", "dspark"):  # the block the drafter was trained with
         steps = config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]
     return {"method": method, "model": str(out), "num_speculative_tokens": steps}
 
 
 CONVERTERS = {"eagle3_drafter": lambda d, dtype, base, steps: eagle3_to_vllm(d, dtype, base, steps),
               "eagle_drafter": lambda d, dtype, base, steps: eagle_to_vllm(d, dtype),
-              "dflash_drafter": lambda d, dtype, base, steps: dflash_to_vllm(d, dtype, base)}
+              "dflash_drafter": lambda d, dtype, base, steps: dflash_to_vllm(d, dtype, base),
+              "dspark_drafter": lambda d, dtype, base, steps: dspark_to_vllm(d, dtype, base)}
 
 
 def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
@@ -189,5 +206,6 @@ vllm serve {base} --speculative-config '{json.dumps(spec)}'
 EXPORTER = register_exporter(Exporter(
     "vllm", "vLLM 0.32's speculators / eagle formats + README.md with the `vllm serve` command",
     {"eagle3_drafter": "speculators eagle3", "eagle_drafter": "eagle (EagleLlamaForCausalLM)",
-     "dflash_drafter": "speculators dflash (DFlashDraftModel)"},
+     "dflash_drafter": "speculators dflash (DFlashDraftModel)",
+     "dspark_drafter": "speculators dspark (Qwen3DSparkModel)"},
     lambda drafter, out, dtype, base, ex: export_vllm(drafter, out, dtype, base, ex.num_steps)))

@@ -108,6 +108,10 @@ class DFlashDrafter(DrafterBase):
         head = self.lm_head if self.own_lm_head else self.base_lm_head
         return head(outputs.to(head.weight.dtype))
 
+    def greedy_block(self, outputs: torch.Tensor, anchor_ids: torch.Tensor) -> torch.Tensor:
+        """Greedy drafts of block slots: outputs [..., D, H] → draft ids [..., D] (each slot's top token)."""
+        return self.logits(outputs).argmax(-1)
+
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.layers)
 
@@ -140,9 +144,11 @@ def default_mask_token(base) -> int:
 def build_dflash_drafter(base, feature_layers: list[int], block_size: int, mask_token_id: Optional[int],
                          overrides: Optional[dict] = None, meta: Optional[dict] = None, family: Optional[str] = None,
                          hidden_size: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
-                         draft_vocab: Optional[torch.Tensor] = None, draft_layers: int = 1) -> DFlashDrafter:
+                         draft_vocab: Optional[torch.Tensor] = None, draft_layers: int = 1, cls=DFlashDrafter,
+                         **extra) -> DFlashDrafter:
+    """A fresh block drafter (`cls`: DFlash, or a subclass such as DSpark taking `extra` arguments)."""
     cfg = draft_hf_config(base.config, draft_layers, family, hidden_size, overrides)
     mask = default_mask_token(base) if mask_token_id is None else mask_token_id
-    return build_for_base(DFlashDrafter, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,
+    return build_for_base(cls, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,
                           feature_layers=base.check_layer_ids(feature_layers, "data.aux_layer_ids"),
-                          block_size=block_size, mask_token_id=mask)
+                          block_size=block_size, mask_token_id=mask, **extra)

@@ -326,7 +326,7 @@ def read_drafter_config(path: Path) -> dict:
 
 def load_drafter(path: str | Path, device="cpu", dtype: Optional[torch.dtype] = None, expect=None) -> DrafterBase:
     """Any drafter checkpoint of our format, by path."""
-    from . import classic, dflash, drafter, eagle3  # noqa: F401  (register their architectures)
+    from . import classic, dflash, drafter, dspark, eagle3  # noqa: F401  (register their architectures)
 
     path = Path(path)
     cfg = read_drafter_config(path)

@@ -9,17 +9,22 @@ multimodal config modules import it at load time; transformers is told first tha
 joins a one-rank gloo group. Every parameter is filled with NaN before `load_weights`, so a parameter the loader
 never writes is caught; parameters SGLang takes from the target model (a shared embedding / lm_head) are listed.
 The expected value of each parameter is built here from the export independently: q/k/v stacked into qkv_proj,
-gate/up into gate_up_proj (SGLang's fused layouts), `midlayer.` → `model.layers.0.`, other names under `model.`.
+gate/up into gate_up_proj (SGLang's fused layouts), `midlayer.` → `model.layers.0.`, other names under `model.`
+(or at the top level, for SGLang's DFlash / DSpark draft modules, which have no `model.`).
 """
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import sys
 import traceback
 import types
 
+# SGLang builds a DSpark draft's confidence head only in its ragged-verify modes (the head decides how much of each
+# block to verify); in the default "static" mode it skips those weights. cap-accept: so the head is loaded and checked.
+os.environ.setdefault("SGLANG_RAGGED_VERIFY_MODE", "cap-accept")
 STACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
@@ -77,7 +82,8 @@ def draft_class(arch: str):
     import importlib
 
     modules = {"LlamaForCausalLMEagle3": "llama_eagle3", "LlamaForCausalLMEagle": "llama_eagle",
-               "Qwen2ForCausalLMEagle": "qwen2_eagle", "MistralForCausalLMEagle": "mistral_eagle"}
+               "Qwen2ForCausalLMEagle": "qwen2_eagle", "MistralForCausalLMEagle": "mistral_eagle",
+               "DFlashDraftModel": "dflash", "Qwen3DSparkModel": "dspark"}
     return getattr(importlib.import_module(f"sglang.srt.models.{modules[arch]}"), arch)
 
 
@@ -104,7 +110,9 @@ def expected_params(weights: dict, model_names: set) -> dict:
             out[name] = value
     for name, pieces in parts.items():
         out[name] = torch.cat([pieces[i] for i in sorted(pieces)], dim=0)
-    return out
+    # The DFlash / DSpark drafts are SGLang's top-level modules: their parameters carry no `model.` prefix.
+    return {k if k in model_names or not k.startswith("model.") or k[6:] not in model_names else k[6:]: v
+            for k, v in out.items()}
 
 
 def check(export_dir: str) -> dict:

@@ -9,7 +9,8 @@ slot i holds the drafter's distribution for the token at depth i; the proposal i
                     (cumulative log-probability along the principal chain; the principal chain ranks first).
 The drafter is always run with its full trained block, whatever the depth used. Sampled drafts carry q for the
 verifier; slot i's q does not depend on the tokens drawn before it — still an exact proposal for the
-rejection sampler, which only needs each draft drawn from the q it is checked against.
+rejection sampler, which only needs each draft drawn from the q it is checked against. How the slots are drawn is
+`draw` (all at once here; left to right with a Markov head in markov_block.py).
 """
 from __future__ import annotations
 
@@ -22,15 +23,26 @@ from ..tree import DraftTree, attach_q, draft_children, select_tree
 from . import register_proposer
 
 
+def tree_sampling(sampling):
+    """The sampling the drafts are drawn with: None = deterministic top-k candidates (greedy decoding, or sampling
+    with `draft_sampling: greedy`: verified as point-mass drafts)."""
+    return None if sampling is not None and (sampling.greedy or sampling.draft == "greedy") else sampling
+
+
 def caterpillar_tree(drafter, root: torch.Tensor, logits: torch.Tensor, top_k: int, total_tokens: int, sampling,
                      generator) -> DraftTree:
-    """root [B], per-depth logits [B, D, V] → the tree described in the module docstring."""
-    if sampling is not None and (sampling.greedy or sampling.draft == "greedy"):
-        sampling = None  # deterministic top-k candidates (verified as point-mass drafts when sampling)
-    bsz, depth, _ = logits.shape
-    dev = logits.device
-    k = min(top_k, logits.shape[-1])
-    ids, slot_scores, q = draft_children(logits, k, sampling, generator)  # [B, D, k]
+    """root [B], per-depth logits [B, D, V] → the tree described in the module docstring (slots drawn at once)."""
+    sampling = tree_sampling(sampling)
+    drawn = draft_children(logits, min(top_k, logits.shape[-1]), sampling, generator)
+    return assemble_caterpillar(drafter, root, drawn, total_tokens)
+
+
+def assemble_caterpillar(drafter, root: torch.Tensor, drawn: tuple, total_tokens: int) -> DraftTree:
+    """root [B] and each depth's drawn children (ids [B, D, k], slot scores [B, D, k], q [B, D, V] or None, as
+    tree.draft_children returns them) → the caterpillar tree."""
+    ids, slot_scores, q = drawn
+    bsz, depth, k = ids.shape
+    dev = ids.device
     principal_cum = torch.cat([torch.zeros(bsz, 1, device=dev), slot_scores[..., 0].cumsum(1)[:, :-1]], 1)
     scores = torch.minimum(principal_cum[..., None] + slot_scores, principal_cum[..., None])  # ≤ the parent's
     # The pool, depth-major ([B, D·k]): slot j of depth d is the child of depth d−1's principal (first) slot.
@@ -78,8 +90,13 @@ class BlockProposer:
         cached = self.valid.shape[1] + n_ctx
         crop_cache(self.cache, cached)  # the block's keys go; the context's stay
         self.valid, self.pending, self.root_pos = torch.cat([self.valid, ctx_valid], 1), None, root_pos
-        return caterpillar_tree(d, root, d.logits(out[:, 1:1 + self.depth]), self.top_k, self.total_tokens,
-                                sampling, gen)
+        drawn = self.draw(out[:, 1:1 + self.depth], root, tree_sampling(sampling), gen)
+        return assemble_caterpillar(d, root, drawn, self.total_tokens)
+
+    def draw(self, outputs: torch.Tensor, root: torch.Tensor, sampling, gen) -> tuple:
+        """The block slots' outputs [B, D, H] → each depth's children (tree.draft_children), all slots at once."""
+        logits = self.drafter.logits(outputs)
+        return draft_children(logits, min(self.top_k, logits.shape[-1]), sampling, gen)
 
     def commit(self, hidden, next_tokens, lens) -> None:
         """The accepted path's base features become context at positions root_pos + i (the root's included)."""
