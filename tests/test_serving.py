@@ -20,7 +20,7 @@ from specforge_het.data.conversations import prompt_ids, read_conversations
 from specforge_het.inference.engine import Sampling, base_decode_batch, hf_greedy
 from specforge_het.modeling.base import load_base
 from specforge_het.modeling.drafter_base import load_drafter
-from specforge_het.serving import check_with_sglang, run_vllm
+from specforge_het.serving import check_with_sglang, check_with_vllm_loader, run_vllm
 from specforge_het.serving.parity import compare, rate_variance, reference_chain
 
 from specforge_het.serving import env
@@ -40,8 +40,15 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
     "eagle2": ("eagle2", {}, ("vllm", "sglang")),
     # DFlash: a block of DEPTH + 1 (vLLM drafts block_size − 1 tokens), 2 Qwen3 layers (vLLM's DFlash layers)
     "dflash": ("dflash", {"modeling__block_size": DEPTH + 1, "modeling__draft_family": "qwen3",
-                          "modeling__draft_layers": 2, "algorithm__num_anchors": 16}, ("vllm",)),
+                          "modeling__draft_layers": 2, "algorithm__num_anchors": 16}, ("vllm", "sglang")),
+    # DSpark: vLLM's CPU build cannot serve it (its V2 runner, the only one with DSpark, needs Triton): vLLM's own
+    # draft class loads it (test_vllm_loads_dspark_parameter_for_parameter); SGLang's own class too.
+    "dspark": ("dspark", {"modeling__block_size": DEPTH + 1, "modeling__draft_family": "qwen3",
+                          "modeling__draft_layers": 2, "modeling__markov_rank": 16, "algorithm__num_anchors": 16},
+               ("vllm", "sglang")),
 }
+VLLM_LOAD_ONLY = ("dspark",)
+VLLM_SERVED = [n for n, (_, _, engines) in DRAFTERS.items() if "vllm" in engines and n not in VLLM_LOAD_ONLY]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +116,7 @@ def vllm_results(served, drafters, prompts):
     """One vLLM worker process: the base alone, every drafter at T = 0, and two drafters at T = 1."""
     work, _ = served
     runs = [{"name": "base", "speculative_config": None}]
-    for name in DRAFTERS:
+    for name in VLLM_SERVED:
         spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
         method = spec.get("speculators_model_type") or "eagle"  # eagle3 / dflash (speculators), else eagle
         runs.append({"name": name, "speculative_config": {"method": method, "model": str(drafters[name] / "vllm"),
@@ -117,7 +124,7 @@ def vllm_results(served, drafters, prompts):
     for r in runs:
         r.update(prompts=prompts, max_tokens=MAX_NEW, temperature=0.0, seed=0)
     for name in ("eagle3_full", "eagle3_reduced"):  # sampled: three draws per prompt, unseeded (independent)
-        runs.append({**runs[1 + list(DRAFTERS).index(name)], "name": f"{name}@T1", "temperature": 1.0, "seed": None,
+        runs.append({**runs[1 + VLLM_SERVED.index(name)], "name": f"{name}@T1", "temperature": 1.0, "seed": None,
                      "prompts": prompts * 3})
     return {r["name"]: r for r in run_vllm({"base": str(work / "base"), "runs": runs})}
 
@@ -136,7 +143,7 @@ def test_vllm_serves_the_base_as_transformers_does(served, prompts, vllm_results
     assert r["outputs"] == refs
 
 
-@pytest.mark.parametrize("name", list(DRAFTERS))
+@pytest.mark.parametrize("name", VLLM_SERVED)
 def test_vllm_serves_every_export_losslessly_with_our_acceptance(served, drafters, prompts, vllm_results, name):
     r = vllm_results[name]
     assert r["error"] is None, f"vLLM refused the {name} export: {r['error']}\n{r.get('traceback')}"
@@ -195,6 +202,18 @@ def test_our_sampled_acceptance_is_the_theory(served, drafters, prompts):
         expected["accepted_per_pos"][0] / expected["num_drafts"]
     allowed = 4.5 * (rate_variance(measured, 0) + rate_variance(expected, 0)) ** 0.5
     assert abs(rate - want) <= allowed, (rate, want, allowed)
+
+
+@pytest.mark.parametrize("name", VLLM_LOAD_ONLY)
+def test_vllm_loads_dspark_parameter_for_parameter(served, drafters, name):
+    """vLLM's own Qwen3DSparkForCausalLM (built from the engine config `vllm serve` would make) fills every
+    parameter from the export with its own load_weights, except those it shares with the target."""
+    work, _ = served
+    report = check_with_vllm_loader(drafters[name] / "vllm", work / "base")
+    assert "error" not in report, f"{report.get('error')}\n{report.get('traceback')}"
+    assert report["architecture"] == "Qwen3DSparkModel" and report["problems"] == [], report
+    assert report["checked"] >= 15 and report["checked"] + len(report["from_target"]) == report["parameters"], report
+    assert all(any(k in n for k in ("embed_tokens", "lm_head", "mask_embedding")) for n in report["from_target"])
 
 
 def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):

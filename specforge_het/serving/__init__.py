@@ -43,6 +43,17 @@ def run_vllm(job: dict, timeout: float = 1800) -> list[dict]:
         return json.loads(out_path.read_text())["runs"]
 
 
+def check_with_vllm_loader(export_dir: str | Path, base_path: str | Path, timeout: float = 600) -> dict:
+    """vLLM's own draft class (the one `vllm serve` would build) loads a speculators export with its own
+    load_weights → a parameter-by-parameter report (vllm_load_worker.py): for DSpark, which vLLM's CPU build cannot
+    serve (its V2 runner needs Triton)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(tmp) / "report.json"
+        _run_worker("vllm_load_worker.py", [str(Path(base_path).resolve()), str(out_path),
+                                            str(Path(export_dir).resolve())], timeout)
+        return json.loads(out_path.read_text())
+
+
 def check_with_sglang(export_dirs: list[str | Path], base_path: str | Path, timeout: float = 600) -> list[dict]:
     """SGLang's own draft classes load each export with their own load_weights → a parameter-by-parameter report
     per export (in order): parameters checked, problems, those SGLang takes from the target, or an error."""

@@ -115,6 +115,37 @@ def expected_params(weights: dict, model_names: set) -> dict:
             for k, v in out.items()}
 
 
+def load_and_compare(model, weights: dict, arch: str, engine: str, shared: tuple) -> dict:
+    """Fill every parameter of the engine's draft `model` with NaN, run its own load_weights on the exported
+    tensors, and compare each parameter with what the export says it should hold → the report. Parameters the
+    loader leaves untouched are allowed only when their name holds one of `shared` (taken from the target)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            if p.is_floating_point():
+                p.fill_(float("nan"))
+    model.load_weights(list(weights.items()))
+    want = expected_params(weights, set(params))
+    report = {"architecture": arch, "parameters": len(params), "checked": 0, "problems": [], "from_target": []}
+    for name, p in params.items():
+        if name not in want:
+            if bool(torch.isnan(p).all()) and any(k in name for k in shared):
+                report["from_target"].append(name)  # the engine shares these with the target model at serve time
+            else:
+                report["problems"].append(f"{name}: no exported tensor maps to it")
+        elif tuple(p.shape) != tuple(want[name].shape):
+            report["problems"].append(f"{name}: {engine} shape {list(p.shape)}, export {list(want[name].shape)}")
+        elif not torch.equal(p.detach().cpu(), want[name].to(p.dtype)):
+            report["problems"].append(f"{name}: after load_weights it differs from the exported tensor")
+        else:
+            report["checked"] += 1
+    for name in set(want) - set(params):
+        report["problems"].append(f"{name}: exported but {engine}'s {arch} has no such parameter")
+    return report
+
+
 def check(export_dir: str) -> dict:
     import torch
     from safetensors.torch import load_file
@@ -126,30 +157,8 @@ def check(export_dir: str) -> dict:
     config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "model_type"}, model_type=cfg.get(
         "model_type", "llama"))
     model = draft_class(arch)(config)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for p in params.values():
-            if p.is_floating_point():
-                p.fill_(float("nan"))
     weights = load_file(f"{export_dir}/model.safetensors")
-    model.load_weights(list(weights.items()))
-    want = expected_params(weights, set(params))
-    report = {"architecture": arch, "parameters": len(params), "checked": 0, "problems": [], "from_target": []}
-    for name, p in params.items():
-        if name not in want:
-            if bool(torch.isnan(p).all()) and ("embed_tokens" in name or "lm_head" in name):
-                report["from_target"].append(name)  # SGLang shares these with the target model at serve time
-            else:
-                report["problems"].append(f"{name}: no exported tensor maps to it")
-            continue
-        if tuple(p.shape) != tuple(want[name].shape):
-            report["problems"].append(f"{name}: SGLang shape {list(p.shape)}, export {list(want[name].shape)}")
-        elif not torch.equal(p.detach().cpu(), want[name].to(p.dtype)):
-            report["problems"].append(f"{name}: after load_weights it differs from the exported tensor")
-        else:
-            report["checked"] += 1
-    for name in set(want) - set(params):
-        report["problems"].append(f"{name}: exported but SGLang's {arch} has no such parameter")
+    report = load_and_compare(model, weights, arch, "SGLang", shared=("embed_tokens", "lm_head"))
     if "d2t" in weights:  # SGLang keeps the draft → target map as hot_token_id = arange + d2t
         hot = getattr(model, "hot_token_id", None)
         mapped = torch.arange(weights["d2t"].numel()) + weights["d2t"]
