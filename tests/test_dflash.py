@@ -73,11 +73,16 @@ def test_other_draft_families_lossless(base, family):
     assert_lossless(base, make(base, family=family, block_size=4), PROMPTS[:2])
 
 
-def test_batched_equals_single_and_base(trained, base):
-    drafter, _, _ = trained
+def assert_batched_matches_base(base, drafter):
+    """One left-padded batch of MORE_PROMPTS decodes each row exactly as the base alone does."""
     got = speculative_decode_batch(base, drafter, MORE_PROMPTS, 12, EOS, depth=4, top_k=2, total_tokens=6)
     for p, r in zip(MORE_PROMPTS, got):
         assert r.tokens == base_decode(base, p, 12, EOS).tokens
+
+
+def test_batched_equals_single_and_base(trained, base):
+    drafter, _, _ = trained
+    assert_batched_matches_base(base, drafter)
 
 
 def test_chain_accepts_what_the_drafter_predicts(trained, base):

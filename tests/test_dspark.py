@@ -15,7 +15,7 @@ from specforge_het.modeling.drafter_base import load_drafter
 from specforge_het.modeling.dspark import cut_depth
 
 from test_algorithms import LAYERS, eagle3_batches, fit
-from test_dflash import MORE_PROMPTS
+from test_dflash import MORE_PROMPTS, assert_batched_matches_base
 from test_hetero import EOS, PROMPTS, assert_lossless, tiny_base
 from test_sampling import small_vocab_pair  # noqa: F401  (fixture)
 
@@ -74,9 +74,7 @@ def test_greedy_lossless_chain_tree_budget(trained, base):
 
 def test_batched_equals_base(trained, base):
     drafter, _, _ = trained
-    got = speculative_decode_batch(base, drafter, MORE_PROMPTS, 12, EOS, depth=4, top_k=2, total_tokens=6)
-    for p, r in zip(MORE_PROMPTS, got):
-        assert r.tokens == base_decode(base, p, 12, EOS).tokens
+    assert_batched_matches_base(base, drafter)
 
 
 def test_confidence_cut_verifies_fewer_tokens_and_stays_lossless(trained, base):

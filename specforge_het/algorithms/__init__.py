@@ -5,6 +5,7 @@ Adding an algorithm = adding one file here that calls `register` (and a preset u
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -59,8 +60,6 @@ SPECIFIC_SWITCHES = {"fc_norm": "--@eagle3_1", "norm_output": "--@eagle3_1", "bl
 
 def check_modeling_switches(algorithm: Algorithm, modeling) -> None:
     """A switch set away from its default on an algorithm whose drafter ignores it would do nothing, silently."""
-    import dataclasses
-
     defaults = {f.name: f.default for f in dataclasses.fields(modeling)}
     ignored = [k for k in SPECIFIC_SWITCHES if k not in algorithm.modeling_keys and getattr(modeling, k) != defaults[k]]
     if ignored:

@@ -109,6 +109,26 @@ def eagle_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
     return config, weights
 
 
+BLOCK_ARCHITECTURES = ("DFlashDraftModel", "Qwen3DSparkModel")  # SGLang's DFlash and DSpark draft classes
+
+
+def block_weights(drafter, dtype: Optional[torch.dtype], engine: str, vocab_parts: bool) -> dict:
+    """A DFlash / DSpark drafter's tensors under the engines' names (the same in vLLM and SGLang): the backbone
+    (`layers.*`, `fc`, `hidden_norm`, `norm`), DSpark's heads, and with `vocab_parts` its own `embed_tokens` /
+    `lm_head` / `d2t` (SGLang always takes the target's). Anything else is refused."""
+    heads = ("markov_head.", "confidence_head.") if drafter.ARCHITECTURE == "dspark_drafter" else ()
+    keep = ("layers.", "fc.", "hidden_norm.", "norm.") + heads + (("lm_head.", "d2t") if vocab_parts else ())
+    weights = {}
+    for k, v in _state(drafter, dtype).items():
+        if vocab_parts and k == "embed.weight":
+            weights["embed_tokens.weight"] = v
+        elif k.startswith(keep):
+            weights[k] = v
+        elif k not in ("d2t", "t2d"):
+            raise ConfigError(f"block drafter export to {engine}: unexpected drafter weight {k!r}")
+    return weights
+
+
 def block_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict, dict]:
     """DFlash → SGLang's `DFlashDraftModel` (models/dflash.py), DSpark → its `Qwen3DSparkModel` (models/dspark.py, the
     same backbone + `markov_head.*`, `confidence_head.proj.*`). Qwen3 layers (SGLang's DFlash attention always has
@@ -126,13 +146,7 @@ def block_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
                           "width: retrain with the shared embedding and lm_head at the base's width, or export to vllm")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ConfigError("SGLang's DFlash layers take no attention / MLP bias; this draft has one")
-    heads = ("markov_head.", "confidence_head.") if dspark else ()
-    weights = {}
-    for k, v in _state(drafter, dtype).items():
-        if k.startswith(("layers.", "fc.", "hidden_norm.", "norm.") + heads):
-            weights[k] = v
-        elif k not in ("d2t", "t2d"):
-            raise ConfigError(f"block drafter export to SGLang: unexpected drafter weight {k!r}")
+    weights = block_weights(drafter, dtype, "SGLang", vocab_parts=False)
     layer = {**_llama_fields(cfg), "model_type": "qwen3"}
     block = drafter.block_size - 1 if dspark else drafter.block_size
     config = {
@@ -151,7 +165,7 @@ def block_to_sglang(drafter, dtype: Optional[torch.dtype] = None) -> tuple[dict,
 
 def launch_readme(config: dict, base: str, draft_dir: Path, steps: int, topk: int, tokens: int) -> str:
     arch = config["architectures"][0]
-    if arch in ("DFlashDraftModel", "Qwen3DSparkModel"):
+    if arch in BLOCK_ARCHITECTURES:
         algo = "DFLASH" if arch == "DFlashDraftModel" else "DSPARK"
         drafts = config["block_size"] - (1 if algo == "DFLASH" else 0)
         extra = ("\nSet `SGLANG_RAGGED_VERIFY_MODE=cap-accept` (or `compact`) for SGLang to load the confidence head "
@@ -219,7 +233,7 @@ def verify_sglang(out: Path, base: str) -> str:
     from .sglang_check import check_sglang_export, sglang_models_dir
 
     arch = json.loads((out / "config.json").read_text())["architectures"][0]
-    if arch in ("DFlashDraftModel", "Qwen3DSparkModel"):
+    if arch in BLOCK_ARCHITECTURES:
         return (f"skipped (the static reading of SGLang's sources covers its EAGLE layouts; {arch} is checked by "
                 "SGLang's own load_weights once the serving environment is built: python -m specforge_het.serving.env)")
     try:

@@ -32,7 +32,7 @@ from ..config.schema import ConfigError
 from .eagle1_checks import check_eagle1_layout
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .registry import Exporter, register_exporter
-from .to_sglang import _llama_fields, _state
+from .to_sglang import _llama_fields, _state, block_weights
 
 VLLM_EAGLE3_FAMILIES = {"llama": "llama", "mistral": "llama", "qwen3": "qwen3"}
 
@@ -129,15 +129,7 @@ def dflash_to_vllm(drafter, dtype: Optional[torch.dtype], base: str) -> tuple[di
                           "— retrain with modeling.draft_family qwen3 (the --@dflash default)")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ConfigError("vLLM's DFlash layers take no attention / MLP bias; this draft has one")
-    weights = {}
-    heads = ("markov_head.", "confidence_head.") if drafter.ARCHITECTURE == "dspark_drafter" else ()
-    for k, v in _state(drafter, dtype).items():
-        if k == "embed.weight":
-            weights["embed_tokens.weight"] = v
-        elif k.startswith(("layers.", "fc.", "hidden_norm.", "norm.", "lm_head.") + heads) or k == "d2t":
-            weights[k] = v
-        elif k != "t2d":
-            raise ConfigError(f"block drafter export to vLLM: unexpected drafter weight {k!r}")
+    weights = block_weights(drafter, dtype, "vLLM", vocab_parts=True)
     layer_cfg = _layer_config(cfg)
     layer_cfg["vocab_size"] = drafter.base_vocab_size
     config = {

@@ -81,6 +81,12 @@ def rank_desc(*keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
+def tree_sampling(sampling: Optional[Sampling]) -> Optional[Sampling]:
+    """The sampling a tree's drafts are drawn with: None = deterministic top-k candidates (greedy decoding, or
+    sampling with `draft_sampling: greedy`: verified as point-mass drafts)."""
+    return None if sampling is not None and (sampling.greedy or sampling.draft == "greedy") else sampling
+
+
 def draft_children(logits: torch.Tensor, k: int, sampling: Optional[Sampling], generator
                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Drafter logits [B, m, V] → (k child draft ids per node in slot order [B, m, k], slot scores [B, m, k]
@@ -128,8 +134,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
     The drafter cache is extended by the fed nodes; the caller crops it back to P afterwards."""
     device = root_token.device
     bsz = root_token.shape[0]
-    if sampling is not None and (sampling.greedy or sampling.draft == "greedy"):
-        sampling = None  # deterministic top-k candidates (verified as point-mass drafts when sampling)
+    sampling = tree_sampling(sampling)
     sampled = sampling is not None
     logits = drafter.logits(root_feature[:, None])
     k = min(top_k, logits.shape[-1])

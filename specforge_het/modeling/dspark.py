@@ -67,20 +67,25 @@ class DSparkDrafter(DFlashDrafter):
                                       self.markov_rank)
         self.confidence_head = ConfidenceHead(hf_config.hidden_size, self.markov_rank)
 
+    def with_markov(self, logits: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone logits [..., V_draft] and the target ids drafted before each slot [...] → (the logits with the
+        Markov bias, the Markov embeddings [..., r] the confidence head reads)."""
+        embedding = self.markov_head.embed(previous)
+        bias = self.markov_head.bias(embedding.to(self.markov_head.markov_w2.weight.dtype))
+        return logits + bias.to(logits.dtype), embedding
+
     def markov_logits(self, outputs: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block outputs [..., H] and the target ids drafted before each slot [...] → (draft-vocabulary logits
-        [..., V_draft] with the Markov bias, the Markov embeddings [..., r] the confidence head reads)."""
-        embedding = self.markov_head.embed(previous)
-        logits = self.logits(outputs)
-        return logits + self.markov_head.bias(embedding.to(self.markov_head.markov_w2.weight.dtype)).to(logits.dtype), \
-            embedding
+        [..., V_draft] with the Markov bias, the Markov embeddings [..., r])."""
+        return self.with_markov(self.logits(outputs), previous)
 
     def greedy_block(self, outputs: torch.Tensor, anchor_ids: torch.Tensor) -> torch.Tensor:
         """Greedy drafts of the block slots, left to right: outputs [..., D, H], anchor target ids [...] → draft
-        ids [..., D] (the Markov bias of slot i reads slot i−1's draft)."""
+        ids [..., D] (the Markov bias of slot i reads slot i−1's draft; the backbone logits are computed once)."""
+        backbone = self.logits(outputs)
         previous, drafted = anchor_ids, []
         for i in range(outputs.shape[-2]):
-            logits, _ = self.markov_logits(outputs[..., i, :], previous)
+            logits, _ = self.with_markov(backbone[..., i, :], previous)
             drafted.append(logits.argmax(-1))
             previous = self.draft_to_target(drafted[-1])
         return torch.stack(drafted, -1)

@@ -111,7 +111,8 @@ def expected_params(weights: dict, model_names: set) -> dict:
     for name, pieces in parts.items():
         out[name] = torch.cat([pieces[i] for i in sorted(pieces)], dim=0)
     # The DFlash / DSpark drafts are SGLang's top-level modules: their parameters carry no `model.` prefix.
-    return {k if k in model_names or not k.startswith("model.") or k[6:] not in model_names else k[6:]: v
+    unprefixed = {k: k.removeprefix("model.") for k in out}
+    return {(unprefixed[k] if k not in model_names and unprefixed[k] in model_names else k): v
             for k, v in out.items()}
 
 

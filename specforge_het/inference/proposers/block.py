@@ -19,14 +19,8 @@ from transformers import DynamicCache
 
 from ...modeling.dflash import block_attention
 from ..kv_cache import crop_cache, select_rows
-from ..tree import DraftTree, attach_q, draft_children, select_tree
+from ..tree import DraftTree, attach_q, draft_children, select_tree, tree_sampling
 from . import register_proposer
-
-
-def tree_sampling(sampling):
-    """The sampling the drafts are drawn with: None = deterministic top-k candidates (greedy decoding, or sampling
-    with `draft_sampling: greedy`: verified as point-mass drafts)."""
-    return None if sampling is not None and (sampling.greedy or sampling.draft == "greedy") else sampling
 
 
 def caterpillar_tree(drafter, root: torch.Tensor, logits: torch.Tensor, top_k: int, total_tokens: int, sampling,

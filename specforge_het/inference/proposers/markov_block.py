@@ -21,13 +21,16 @@ from .block import BlockProposer
 class MarkovBlockProposer(BlockProposer):
     def draw(self, outputs: torch.Tensor, root: torch.Tensor, sampling, gen) -> tuple:
         d = self.drafter
+        backbone = d.logits(outputs)  # [B, D, V_draft]: one lm_head call for every slot
         previous, drawn, embeddings = root, [], []
         for i in range(outputs.shape[1]):
-            logits, embedding = d.markov_logits(outputs[:, i], previous)
+            logits, embedding = d.with_markov(backbone[:, i], previous)
             drawn.append(draft_children(logits[:, None], min(self.top_k, logits.shape[-1]), sampling, gen))
             embeddings.append(embedding)
             previous = d.draft_to_target(drawn[-1][0][:, 0, 0])
-        confidence = torch.sigmoid(d.confidence_head(outputs, torch.stack(embeddings, 1)).float())
-        keep = cut_depth(confidence, d.confidence_cut)
+        keep = len(drawn)
+        if d.confidence_cut > 0:  # the head only decides a cut: no cut, no head
+            confidence = torch.sigmoid(d.confidence_head(outputs, torch.stack(embeddings, 1)).float())
+            keep = cut_depth(confidence, d.confidence_cut)
         ids, scores, q = (torch.cat(parts, 1) if parts[0] is not None else None for parts in zip(*drawn[:keep]))
         return ids, scores, q
