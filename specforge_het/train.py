@@ -30,7 +30,8 @@ from .data.eagle_pt import EaglePtDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
-from .modeling.drafter_base import DrafterBase, load_checked_state, read_drafter_config, read_safetensors
+from .modeling.checkpoint import load_checked_state, read_drafter_config, read_safetensors
+from .modeling.drafter_base import DrafterBase
 from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
 from .modeling.vocab import target_token_counts, top_tokens
 from .utils.io import atomic_write_text, sha256_file

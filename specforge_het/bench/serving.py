@@ -22,7 +22,7 @@ from ..inference.prompts import load_prompts
 from ..inference.engine import Sampling, hf_greedy
 from ..inference.measure import eos_ids
 from ..modeling.base import load_base
-from ..modeling.drafter_base import load_drafter
+from ..modeling.checkpoint import load_drafter
 from ..serving import check_with_sglang, run_vllm
 from ..serving.parity import acceptance, compare, reference_chain
 from ..utils.io import atomic_write_json, atomic_write_text

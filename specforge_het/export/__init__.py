@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import RunConfig, save_resolved_config
 from ..config.schema import ConfigError
 from ..modeling.base import resolve_dtype
-from ..modeling.drafter_base import CONFIG_NAME, load_drafter
+from ..modeling.checkpoint import CONFIG_NAME, load_drafter
 from .registry import get_exporter
 from .to_ours import export_specforge_het  # noqa: F401  (public: tests and benchmarks call it)
 

@@ -17,7 +17,7 @@ import torch
 
 from ..config.schema import ConfigError
 from ..modeling.draft_config import hf_config_from_dict
-from ..modeling.drafter_base import load_checked_state, read_safetensors
+from ..modeling.checkpoint import load_checked_state, read_safetensors
 
 
 def read_weights(path: Path) -> dict:

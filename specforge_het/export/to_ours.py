@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..modeling.drafter_base import load_drafter
+from ..modeling.checkpoint import load_drafter
 from .registry import Exporter, register_exporter
 
 

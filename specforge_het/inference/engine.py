@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..modeling.drafter_base import padded_causal_mask
+from ..modeling.masks import padded_causal_mask
 from .accept import Sampling, sampling_probs, take
 from .kv_cache import full_cache, gather_cache, select_rows
 from .proposers import build_proposer

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from ..modeling.drafter_base import additive_mask
+from ..modeling.masks import additive_mask
 from .accept import Sampling, sampling_probs, take
 
 

@@ -14,7 +14,10 @@ import torch
 
 from ..config.schema import ConfigError
 from .draft_config import draft_hf_config
-from .drafter_base import DrafterBase, base_meta, causal_mask, padded_causal_mask, register_architecture
+from .checkpoint import register_architecture
+from .compat import base_meta
+from .drafter_base import DrafterBase
+from .masks import causal_mask, padded_causal_mask
 from . import ttt_attention
 
 

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from .draft_config import draft_hf_config
-from .drafter_base import (DrafterBase, build_for_base, causal_mask, family_stack, register_architecture,
-                           rope_kwargs)
+from .checkpoint import register_architecture
+from .drafter_base import DrafterBase, build_for_base
+from .family import family_stack, rope_kwargs
+from .masks import causal_mask
 
 __all__ = ["EagleDrafter", "build_drafter", "causal_mask"]
 

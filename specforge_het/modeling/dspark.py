@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config.schema import ConfigError
 from .dflash import DFlashDrafter, build_dflash_drafter
-from .drafter_base import register_architecture
+from .checkpoint import register_architecture
 
 
 class MarkovHead(nn.Module):

@@ -20,8 +20,11 @@ from torch import nn
 
 from ..config.schema import ConfigError
 from .draft_config import draft_hf_config
-from .drafter_base import (DrafterBase, build_for_base, causal_mask, family_stack, register_architecture,
-                           require_own_parts_for_width, rope_kwargs)
+from .checkpoint import register_architecture
+from .compat import require_own_parts_for_width
+from .drafter_base import DrafterBase, build_for_base
+from .family import family_stack, rope_kwargs
+from .masks import causal_mask
 
 
 def default_feature_layers(num_layers: int) -> list[int]:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
 from ..utils.io import atomic_write
-from .drafter_base import read_safetensors
+from .checkpoint import read_safetensors
 
 ADAPTERS_NAME = "lora_adapters.safetensors"
 _A, _B, _W0 = ".lora_A.default.", ".lora_B.default.", ".base_layer."

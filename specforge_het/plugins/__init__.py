@@ -99,7 +99,7 @@ def check_enabled(names) -> list[str]:
 
 
 def load_drafter_for(base, path: str):
-    from ..modeling.drafter_base import load_drafter
+    from ..modeling.checkpoint import load_drafter
 
     drafter = load_drafter(path, device=base.device, dtype=base.dtype)
     return drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()

@@ -27,7 +27,7 @@ import torch
 from ..config.schema import ConfigError
 from ..inference.kv_cache import crop_cache
 from ..inference.tree import expand_tree
-from ..modeling.drafter_base import padded_causal_mask
+from ..modeling.masks import padded_causal_mask
 
 
 def check_token_only(drafter) -> None:

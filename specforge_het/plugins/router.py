@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
-from ..modeling.drafter_base import read_safetensors
+from ..modeling.checkpoint import read_safetensors
 from ..utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from transformers.cache_utils import DynamicLayer
 from ..config.schema import ConfigError
 from ..modeling.base import decoder_parts
 from ..modeling.classic import ClassicDrafter
-from ..modeling.drafter_base import base_meta, causal_mask
+from ..modeling.compat import base_meta
+from ..modeling.masks import causal_mask
 from .quantize import quantize_linears, resolve_backend
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ...modeling.drafter_base import padded_causal_mask
+from ...modeling.masks import padded_causal_mask
 from ..accept import take
 from ..kv_cache import crop_cache, select_rows
 from ..tree import expand_tree
