@@ -5,7 +5,9 @@ features, step i the drafter's own step-(i−1) outputs, so training sees what i
 predicts the base's distribution for token x_{t+2+i} (softmax of the base's logits at row t+1+i, restricted to the
 draft vocabulary); loss = Σ_i decay**i · D_i on assistant positions whose base top token is in the draft vocab. D is
 `algorithm.loss` of the menu (algorithms/losses.py; soft cross-entropy by default). No feature regression. Attention
-in the unroll is linear in sequence length (modeling/ttt_attention.py).
+in the unroll is linear in sequence length (modeling/ttt_attention.py); the teacher is computed once per batch and the
+head's logits are fused into the loss in row chunks (algorithms/head_loss.py), so the loss's memory does not grow
+with the number of steps.
 """
 from __future__ import annotations
 
@@ -13,11 +15,38 @@ import torch
 
 from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
 from . import Algorithm, register
+from .head_loss import fused_head_loss, teacher_once
 from .losses import distribution_loss, masked_mean, top1_hits
 from .unroll import drafter_features, shifted, unroll
 
 
 def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    """The TTT loss with the teacher computed once and the head's logits fused into the loss (head_loss.py): the
+    same value and gradients as `eagle3_loss_per_step`, without k × rows × vocabulary activations."""
+    if partitioned(drafter.head.weight):  # ZeRO-3 gathers the head's weight only inside its own forward
+        return eagle3_loss_per_step(drafter, batch, alg, training)
+    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    rows = ids.shape[1] - 1
+    dtype = drafter.fc.weight.dtype
+    teacher, in_vocab = teacher_once(drafter, last)
+    total = torch.zeros((), device=ids.device)
+    metrics, divergence = {}, distribution_loss(alg.loss)
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
+        n = rows - i  # rows whose step-i target (row t + 1 + i) exists; the rest have no loss and no metric
+        m, inside = mask[:, 1 + i:].to(dtype), in_vocab[:, 1 + i:]
+        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:],
+                                         m * inside.to(dtype), m, divergence)
+        ploss = loss_sum / (m * inside.to(dtype)).sum().clamp_min(1.0)  # masked_mean over the full rows
+        total = total + alg.ttt_decay ** i * ploss
+        metrics[f"acc_{i}"] = (hits & inside).to(dtype).sum() / m.sum().clamp_min(1.0)
+        metrics[f"ploss_{i}"] = ploss.detach()
+    metrics["acc"] = metrics["acc_0"]
+    return total, metrics
+
+
+def eagle3_loss_per_step(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    """The plain TTT loss: each step's teacher and logits over every row, kept for backward (the reference the
+    fused loss is tested against; used when the head is partitioned by ZeRO-3)."""
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     rows = ids.shape[1] - 1
     dtype = drafter.fc.weight.dtype
@@ -34,6 +63,11 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
             metrics[f"ploss_{i}"] = ploss.detach()
     metrics["acc"] = metrics["acc_0"]
     return total, metrics
+
+
+def partitioned(weight: torch.Tensor) -> bool:
+    """A DeepSpeed ZeRO-3 parameter (an empty placeholder outside its module's forward)."""
+    return getattr(weight, "ds_id", None) is not None
 
 
 def feature_layers(num_layers: int, configured: list) -> list:

@@ -1,11 +1,16 @@
 """EAGLE-3 training-time-test memory and step time against sequence length, next to a naïve unroll.
 
     python -m specforge_het.bench.ttt_memory [--lengths 512,1024,2048,4096] [--naive-max 2048] [--ttt 7]
+        [--vocab 4096] [--impls ours,per_step,naive]
 
-One fixed tiny EAGLE-3 drafter (Llama midlayer, width 256, 8 heads, 4096-token vocabulary, 3 fused base layers
-of width 256) runs one forward + backward of the TTT loss per length, each in a fresh subprocess so the peak
-resident memory (ru_maxrss) belongs to that step alone. "ours" is modeling/ttt_attention.py (SDPA causal + sink
-keys, no mask tensor); "naive" concatenates every step's keys and materialises the L × (i+1)·L mask and scores.
+One fixed tiny EAGLE-3 drafter (Llama midlayer, width 256, 8 heads, a `--vocab`-token own lm_head, 3 fused base
+layers of width 256) runs one forward + backward of the TTT loss per length, each in a fresh subprocess so the peak
+resident memory (ru_maxrss) belongs to that step alone. Implementations:
+  ours      the training loss: modeling/ttt_attention.py (SDPA causal + sink keys, no mask tensor), the teacher
+            computed once and the head fused into the loss in row chunks (algorithms/head_loss.py)
+  per_step  the same attention, the plain loss: each step's teacher and full logits kept for backward
+  naive     the plain loss and an attention that concatenates every step's keys and materialises the
+            L × (i+1)·L mask and scores
 The slope column is the peak-memory growth per doubling of L: ~2× means linear, ~4× quadratic.
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 NAIVE = "specforge_ttt_naive"
+IMPLS = ("ours", "per_step", "naive")
 
 
 def naive_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, ttt_state=None, **kw):
@@ -42,17 +48,17 @@ def naive_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     return (scores.softmax(-1) @ values).transpose(1, 2).contiguous(), None
 
 
-def one_step(length: int, impl: str, ttt: int) -> dict:
+def one_step(length: int, impl: str, ttt: int, vocab: int) -> dict:
     from transformers import AttentionInterface, LlamaConfig
 
-    from ..algorithms import get_algorithm
+    from ..algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
     from ..config.schema import AlgorithmSection
     from ..modeling.eagle3 import Eagle3Drafter
 
     AttentionInterface.register(NAIVE, naive_attention)
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    width, vocab = 256, 4096
+    width = 256
     cfg = LlamaConfig(hidden_size=width, intermediate_size=704, num_hidden_layers=1, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=8192)
     drafter = Eagle3Drafter(cfg, width, vocab, width, own_lm_head=True, feature_layers=[0, 1, 2])
@@ -64,7 +70,8 @@ def one_step(length: int, impl: str, ttt: int) -> dict:
         return {"input_ids": torch.randint(0, vocab, (1, n)), "hidden": torch.randn(1, n, width),
                 "aux_hidden": torch.randn(1, n, 3 * width), "loss_mask": torch.ones(1, n, dtype=torch.long)}
 
-    loss_fn, alg = get_algorithm("eagle3").loss, AlgorithmSection(name="eagle3", ttt_length=ttt)
+    loss_fn = eagle3_loss if impl == "ours" else eagle3_loss_per_step
+    alg = AlgorithmSection(name="eagle3", ttt_length=ttt)
     loss_fn(drafter, batch_of(32), alg)[0].backward()  # warm-up: first-call allocations and kernel selection
     drafter.zero_grad(set_to_none=True)
     batch = batch_of(length)
@@ -82,28 +89,36 @@ def main(argv=None) -> None:
     ap.add_argument("--lengths", default="512,1024,2048,4096")
     ap.add_argument("--naive-max", type=int, default=2048, help="longest length for the naive unroll (it is quadratic)")
     ap.add_argument("--ttt", type=int, default=7)
+    ap.add_argument("--vocab", type=int, default=4096, help="the drafter's (and the teacher's) vocabulary size")
+    ap.add_argument("--impls", default="ours,per_step,naive", help="comma-separated, of: " + ", ".join(IMPLS))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: length,impl for the subprocess
     args = ap.parse_args(argv)
     if args.one:
         length, impl = args.one.split(",")
-        log.info(json.dumps(one_step(int(length), impl, args.ttt)))
+        log.info(json.dumps(one_step(int(length), impl, args.ttt, args.vocab)))
         return
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown:
+        raise SystemExit(f"bench.ttt_memory: --impls: unknown {', '.join(unknown)}; "
+                         f"expected some of {', '.join(IMPLS)}")
     rows = []
-    for impl in ("ours", "naive"):
+    for impl in impls:
         for length in (int(x) for x in args.lengths.split(",")):
             if impl == "naive" and length > args.naive_max:
                 continue
             out = subprocess.run([sys.executable, "-m", "specforge_het.bench.ttt_memory", "--one", f"{length},{impl}",
-                                  "--ttt", str(args.ttt)], capture_output=True, text=True)
+                                  "--ttt", str(args.ttt), "--vocab", str(args.vocab)], capture_output=True, text=True)
             if out.returncode:
                 rows.append({"length": length, "impl": impl, "error": out.stderr.strip().splitlines()[-1]})
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             log.info(f"  {impl:<5} L={length:<5} peak +{r['peak_mib']:8.1f} MiB  step {r['seconds']:6.2f} s")
-    log.info(f"\nEAGLE-3 TTT ({args.ttt} steps) forward+backward, CPU, one sequence")
+    log.info(f"\nEAGLE-3 TTT ({args.ttt} steps, vocabulary {args.vocab}) forward+backward, CPU "
+             f"({torch.backends.cpu.get_cpu_capability()}), one sequence")
     log.info(f"{'impl':<6} {'L':>5} {'peak MiB':>9} {'x per 2L':>8} {'step s':>7} {'x per 2L':>8}")
-    for impl in ("ours", "naive"):
+    for impl in impls:
         prev = None
         for r in (r for r in rows if r["impl"] == impl):
             if "error" in r:
@@ -116,11 +131,11 @@ def main(argv=None) -> None:
             prev = r
     both = {(r["impl"], r["length"]): r for r in rows if "error" not in r}
     for length in sorted({r["length"] for r in rows}):
-        if ("ours", length) in both and ("naive", length) in both:
-            o, n = both[("ours", length)], both[("naive", length)]
-            log.info(f"L={length}: naive / ours peak memory {n['peak_mib'] / o['peak_mib']:.2f}x, "
-                  f"step time {n['seconds'] / o['seconds']:.2f}x")
-
+        for other in ("per_step", "naive"):
+            if ("ours", length) in both and (other, length) in both:
+                o, n = both[("ours", length)], both[(other, length)]
+                log.info(f"L={length}: {other} / ours peak memory {n['peak_mib'] / o['peak_mib']:.2f}x, "
+                         f"step time {n['seconds'] / o['seconds']:.2f}x")
 
 if __name__ == "__main__":
     from ..utils.logs import setup_logging

@@ -127,10 +127,17 @@ class Eagle3Drafter(DrafterBase):
     def decoder_layers(self) -> list[nn.Module]:
         return [self.midlayer]
 
+    @property
+    def head(self) -> nn.Module:
+        """The vocabulary head the drafter's logits come from: its own lm_head, or the base's."""
+        return self.lm_head if self.own_lm_head else self.base_lm_head
+
+    def head_input(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the normed outputs (norm_output: forward already normed them)."""
+        return outputs if self.norm_output else self.norm(outputs)
+
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        head = self.lm_head if self.own_lm_head else self.base_lm_head
-        normed = outputs if self.norm_output else self.norm(outputs)  # norm_output: forward already normed them
-        return head(normed.to(head.weight.dtype))
+        return self.head(self.head_input(outputs).to(self.head.weight.dtype))
 
 
 def build_eagle3_drafter(base, feature_layers: list[int], overrides: Optional[dict] = None, meta: Optional[dict] = None,
