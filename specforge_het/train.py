@@ -22,11 +22,12 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from .algorithms import get_algorithm
+from .algorithms import check_packing, get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
 from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
+from .data.packing import PackedDataset
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
@@ -70,6 +71,7 @@ class DrafterTrainer(Trainer):
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_count = 0
         self._tokens, self._tokens_since = 0, time.perf_counter()  # tokens trained on since the last log
+        self._real_tokens = 0  # of which not padding
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hidden" not in inputs:
@@ -79,6 +81,7 @@ class DrafterTrainer(Trainer):
         loss, metrics = model(**inputs)
         if model.training:
             self._tokens += int(inputs["input_ids"].numel())
+            self._real_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
         for k, v in metrics.items():
             self._metric_sums[k] += float(v)
         self._metric_count += 1
@@ -107,8 +110,10 @@ class DrafterTrainer(Trainer):
             self._metric_count = 0
             now = time.perf_counter()
             # Tokens (padding included) per second per process since the last log: how training speed is quoted.
-            logs["tokens_per_s"] = round(self._tokens / max(now - self._tokens_since, 1e-9), 1)
-            self._tokens, self._tokens_since = 0, now
+            seconds = max(now - self._tokens_since, 1e-9)
+            logs["tokens_per_s"] = round(self._tokens / seconds, 1)
+            logs["real_tokens_per_s"] = round(self._real_tokens / seconds, 1)  # what packing raises
+            self._tokens, self._real_tokens, self._tokens_since = 0, 0, now
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -351,7 +356,9 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
 
 
 def run(cfg: RunConfig, presets: list[str]) -> Path:
-    loss_fn = get_algorithm(cfg.algorithm.name).loss
+    algorithm = get_algorithm(cfg.algorithm.name)
+    check_packing(algorithm, cfg.data)
+    loss_fn = algorithm.loss
     base = load_base(cfg.base)
     layers = feature_layers_for(cfg, base)
     dataset = training_dataset(cfg, base)
@@ -362,6 +369,8 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
                           "--@preset (or set data.aux_layer_ids to match)")
     drafter = make_drafter(cfg, base, dataset, layers)
     train_set, eval_set = split_eval(dataset, cfg.training.eval_fraction)
+    if cfg.data.packing:  # the held-out split stays unpacked: its simulated τ reads one conversation per row
+        train_set = PackedDataset(train_set, cfg.data.max_length)
     out_dir = Path(cfg.training.output_dir)
     save_resolved_config(cfg, out_dir, "train", presets)
     capture_ids = layers if layers else base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")

@@ -3,6 +3,7 @@ with exactly the drafter of an uninterrupted run; two processes under `accelerat
 drafter; the progress bar reports tokens/s; mixed precision is refused on CPU with a clear error."""
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -259,3 +260,14 @@ def test_eval_metrics_cover_every_process_shard(saved_config, tmp_path):
                              AlgorithmSection(), cfg["training"]["eval_depth"])
     assert logged["eval_positions"] == alone["eval_positions"]  # rank 0's shard alone would hold about half
     assert logged["eval_tau_sim"] == pytest.approx(alone["eval_tau_sim"], rel=1e-5)
+
+
+def test_packed_training_run(saved_config, tmp_path):
+    """data.packing end to end: conversations packed into fewer rows, every logged step with real tokens/s."""
+    out = tmp_path / "packed"
+    proc = short_run(saved_config, out, "--data.packing", "true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "packing:" in proc.stdout + proc.stderr
+    logged = [h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
+    assert logged and all(h["real_tokens_per_s"] > 0 and math.isfinite(h["loss"]) for h in logged)
+    assert json.loads((out / "resolved_config.json").read_text())["config"]["data"]["packing"] is True

@@ -23,6 +23,8 @@ class Algorithm:
     feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
     # The algorithm-specific modeling switches (SPECIFIC_SWITCHES) this algorithm's drafter honours.
     modeling_keys: tuple = ()
+    # Whether its loss keeps packed conversations apart (data.packing: segment_ids / position_ids in the batch).
+    packs: bool = False
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -70,3 +72,16 @@ def check_modeling_switches(algorithm: Algorithm, modeling) -> None:
 
 def get_loss(name: str) -> Callable:
     return get_algorithm(name).loss
+
+
+def check_packing(algorithm: Algorithm, data) -> None:
+    """data.packing where it cannot be honoured would train across conversation boundaries: refuse it."""
+    if not data.packing:
+        return
+    if not algorithm.packs:
+        packers = sorted(name for name, a in _REGISTRY.items() if a.packs)
+        raise ConfigError(f"data.packing: not supported by the {algorithm.name} algorithm yet (supported: "
+                          f"{', '.join(packers)}); unset it")
+    if data.mode != "offline":
+        raise ConfigError("data.packing: supported for offline training (data.mode: offline) only; the online base "
+                          "forward does not keep packed conversations apart yet")

@@ -13,19 +13,28 @@ import torch
 import torch.nn.functional as F
 
 from . import Algorithm, register
+from ..data.packing import segments_of
+from ..modeling.ttt_attention import SEGMENTS
 from .losses import distribution_loss, masked_mean, top1_hits
+from .unroll import packed, target_mask
 
 
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
-    ids, hidden, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    ids, hidden = batch["input_ids"], batch["hidden"]
     dtype = drafter.fc.weight.dtype
     hidden = hidden.to(dtype)
     inp_h, inp_ids, target_h = hidden[:, :-1], ids[:, 1:], hidden[:, 1:]
-    m = mask[:, 1:].to(dtype)
+    rows = inp_h.shape[1]
+    m = target_mask(batch, 1, rows).to(dtype)
     if training and alg.noise_std > 0:
         inp_h = inp_h + (torch.rand_like(inp_h) - 0.5) * alg.noise_std
-    positions = torch.arange(inp_h.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
-    pred = drafter(inp_h, inp_ids, positions)
+    packing = packed(batch)
+    if packing:  # several conversations per row: positions restart, attention stays inside each one
+        positions = packing["position_ids"][:, :rows]
+        pred = drafter(inp_h, inp_ids, positions, ttt_state={SEGMENTS: segments_of(packing["segment_ids"][:, :rows])})
+    else:
+        positions = torch.arange(rows, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+        pred = drafter(inp_h, inp_ids, positions)
     with torch.no_grad():
         # Over the draft vocabulary; positions whose base top token lies outside it teach the head nothing.
         target_logits, in_vocab = drafter.target_logits(target_h)
@@ -47,4 +56,4 @@ def build(base, modeling, feature_layers, meta, draft_vocab):
                          draft_vocab=draft_vocab, fc_bias=modeling.fc_bias)
 
 
-register(Algorithm("eagle2", eagle2_loss, build))
+register(Algorithm("eagle2", eagle2_loss, build, packs=True))

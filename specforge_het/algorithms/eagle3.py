@@ -17,7 +17,7 @@ from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
 from . import Algorithm, register
 from .head_loss import fused_head_loss, teacher_once
 from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import drafter_features, shifted, unroll
+from .unroll import drafter_features, packed, shifted, target_mask, unroll
 
 
 def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -25,15 +25,15 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     same value and gradients as `eagle3_loss_per_step`, without k × rows × vocabulary activations."""
     if partitioned(drafter.head.weight):  # ZeRO-3 gathers the head's weight only inside its own forward
         return eagle3_loss_per_step(drafter, batch, alg, training)
-    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    ids, last = batch["input_ids"], batch["hidden"]
     rows = ids.shape[1] - 1
     dtype = drafter.fc.weight.dtype
     teacher, in_vocab = teacher_once(drafter, last)
     total = torch.zeros((), device=ids.device)
     metrics, divergence = {}, distribution_loss(alg.loss)
-    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch)):
         n = rows - i  # rows whose step-i target (row t + 1 + i) exists; the rest have no loss and no metric
-        m, inside = mask[:, 1 + i:].to(dtype), in_vocab[:, 1 + i:]
+        m, inside = target_mask(batch, 1 + i, rows)[:, :n].to(dtype), in_vocab[:, 1 + i:]
         loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:],
                                          m * inside.to(dtype), m, divergence)
         ploss = loss_sum / (m * inside.to(dtype)).sum().clamp_min(1.0)  # masked_mean over the full rows
@@ -47,15 +47,15 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
 def eagle3_loss_per_step(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
     """The plain TTT loss: each step's teacher and logits over every row, kept for backward (the reference the
     fused loss is tested against; used when the head is partitioned by ZeRO-3)."""
-    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    ids, last = batch["input_ids"], batch["hidden"]
     rows = ids.shape[1] - 1
     dtype = drafter.fc.weight.dtype
     total = torch.zeros((), device=ids.device)
     metrics, divergence = {}, distribution_loss(alg.loss)
-    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length):
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch)):
         target_logits, in_vocab = drafter.target_logits(shifted(last, 1 + i, rows))
         logits = drafter.logits(out)
-        m = shifted(mask, 1 + i, rows).to(dtype)
+        m = target_mask(batch, 1 + i, rows).to(dtype)
         ploss = masked_mean(divergence(target_logits, logits), m * in_vocab.to(dtype))
         total = total + alg.ttt_decay ** i * ploss
         with torch.no_grad():
@@ -82,4 +82,5 @@ def build(base, modeling, layers, meta, draft_vocab):
                                 fc_norm=modeling.fc_norm, norm_output=modeling.norm_output)
 
 
-register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output")))
+register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output"),
+                   packs=True))

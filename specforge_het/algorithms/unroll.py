@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..data.packing import same_segment, segments_of
+from ..modeling.ttt_attention import SEGMENTS
+
 
 def shifted(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
     """Rows t = 0..rows−1 of x[:, t+k] (zero past the end)."""
@@ -19,23 +22,46 @@ def shifted(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
     return out
 
 
+def packed(batch: dict) -> dict | None:
+    """The packing fields of a batch (data.packing: several conversations per row), or None."""
+    return {k: batch[k] for k in ("segment_ids", "position_ids")} if "segment_ids" in batch else None
+
+
+def target_mask(batch: dict, shift: int, rows: int) -> torch.Tensor:
+    """Rows t whose target at t + shift is trained: loss-masked there and, in packed rows, in t's conversation."""
+    mask = shifted(batch["loss_mask"], shift, rows)
+    if "segment_ids" in batch:
+        mask = mask * same_segment(batch["segment_ids"], shift, rows).to(mask.dtype)
+    return mask
+
+
 def on_tokens(drafter) -> bool:
     """Whether teacher-forced unrolling is one plain forward of the drafter's LM: token-only drafters, and
     drafters that read base features only as a shortcut for what their own shared blocks would compute."""
     return drafter.token_only or getattr(drafter, "unrolls_on_tokens", False)
 
 
-def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int):
-    """Yields (step i, outputs [B, L−1, ·]) for i = 0..steps−1, each step fed the previous step's outputs."""
+def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int, packing: dict | None = None):
+    """Yields (step i, outputs [B, L−1, ·]) for i = 0..steps−1, each step fed the previous step's outputs.
+    `packing` (from `packed(batch)`): rows holding several conversations — positions restart and attention stays
+    inside each one."""
     rows = input_ids.shape[1] - 1
     if on_tokens(drafter):  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
+        if packing:
+            from ..config.schema import ConfigError
+
+            raise ConfigError("data.packing: not supported for token-only drafters yet; unset it")
         full = drafter.lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
         for i in range(steps):
             yield i, shifted(full, 1 + i, rows)
         return
     state: dict = {}
     hidden = features[:, :rows]
-    base_pos = torch.arange(rows, device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1)
+    if packing:
+        state[SEGMENTS] = segments_of(packing["segment_ids"][:, :rows])
+        base_pos = packing["position_ids"][:, :rows]
+    else:
+        base_pos = torch.arange(rows, device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1)
     for i in range(steps):
         out = drafter(hidden, shifted(input_ids, 1 + i, rows), base_pos + i, from_base=i == 0, ttt_state=state)
         yield i, out

@@ -106,6 +106,9 @@ class DataSection:
     regenerate_to: Optional[str] = None  # if set: the base rewrites the assistant turns first, saved here
     regen_temperature: float = 0.7  # 0 = greedy
     regen_max_new_tokens: int = 256
+    # Pack several conversations per training row (up to max_length tokens; data/packing.py): no padding, the
+    # same loss. Offline training, eagle2 / eagle3.
+    packing: bool = False
 
 
 @dataclass

@@ -10,7 +10,8 @@ runs through SDPA with `is_causal=True` (no mask tensor, flash-style kernels) an
 carries its diagonal score s_j(t) = q_t·k_j(t)·scale in those dimensions. Softmax then normalises over the causal
 keys and the i diagonal scores together; the sink outputs are the diagonal weights, which multiply each row's
 own v_j(t). Exact, differentiable, O(L·(d+i)) memory per step.
-`ttt_state` (a dict, fresh per unrolled forward) keeps each layer's per-step keys and values.
+`ttt_state` (a dict, fresh per unrolled forward) keeps each layer's per-step keys and values, and for packed rows
+(several conversations per row) their spans under `SEGMENTS`: attention then runs per conversation.
 
 Registered as the attention implementation "specforge_ttt" of every draft layer: without a `ttt_state` it is
 plain SDPA (inference with tree masks, single-step training). Draft layers of families with attention logit
@@ -24,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "specforge_ttt"
+SEGMENTS = "segments"  # ttt_state key: per row, the [start, end) spans of packed conversations
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -58,8 +60,24 @@ def ttt_attention_forward(module, query, key, value, attention_mask, dropout: fl
     steps = ttt_state.setdefault(module.layer_idx, [])  # one list of (key, value) per unroll step, per layer
     steps.append((_repeat_kv(key, groups), _repeat_kv(value, groups)))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = unrolled_attention(query, [k for k, _ in steps], [v for _, v in steps], scale)
+    keys, values = [k for k, _ in steps], [v for _, v in steps]
+    if SEGMENTS in ttt_state:  # packed rows: causal attention inside each conversation only
+        out = segmented_attention(query, keys, values, scale, ttt_state[SEGMENTS])
+    else:
+        out = unrolled_attention(query, keys, values, scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+def segmented_attention(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float,
+                        spans: list[list[tuple[int, int]]]) -> torch.Tensor:
+    """unrolled_attention within each [start, end) span of each row (rows packed with several conversations:
+    data/packing.py); positions in no span (padding) get zeros. Still linear in length: one call per span."""
+    out = torch.zeros_like(query)
+    for b, row in enumerate(spans):
+        for start, end in row:
+            part = (slice(b, b + 1), slice(None), slice(start, end))
+            out[part] = unrolled_attention(query[part], [k[part] for k in keys], [v[part] for v in values], scale)
+    return out
 
 
 AttentionInterface.register(NAME, ttt_attention_forward)
