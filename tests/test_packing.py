@@ -1,6 +1,6 @@
 """Sequence packing (data/packing.py): LPT bins are valid, and a packed batch gives the same loss and gradients as
-the same conversations unpacked — EAGLE-2 and EAGLE-3 (fused and per-step) — because attention, positions and
-targets stay inside each conversation. Algorithms and modes that cannot keep conversations apart refuse it."""
+the same conversations unpacked — EAGLE-2, EAGLE-3 (fused and per-step), DFlash, DSpark, classic drafts, and the
+online base forward — because attention, positions and targets stay inside each conversation."""
 import math
 
 import pytest
@@ -13,7 +13,7 @@ from specforge_het.config.schema import AlgorithmSection, ConfigError, DataSecti
 from specforge_het.data.packing import PackedDataset, lpt_bins, padding_fraction, same_segment, segments_of
 from specforge_het.data.shards import collate
 
-from test_algorithms import eagle3_batches, make
+from test_algorithms import LAYERS, eagle3_batches, make
 from test_hetero import tiny_base
 
 
@@ -61,9 +61,20 @@ def grads_of(drafter) -> dict:
     return {k: p.grad.clone() for k, p in drafter.named_parameters() if p.grad is not None}
 
 
-LOSSES = {"eagle2": lambda d, b: get_algorithm("eagle2").loss(d, b, AlgorithmSection(name="eagle2"), training=False),
+def run_loss(name: str, alg: AlgorithmSection):
+    algorithm = get_algorithm(alg.name)
+    return lambda d, b: algorithm.loss(d, b, alg, training=False)
+
+
+# Every anchor of every row (num_anchors ≥ row length), so the block drafters see the same blocks both ways.
+LOSSES = {"eagle2": run_loss("eagle2", AlgorithmSection(name="eagle2")),
           "eagle3": lambda d, b: eagle3_loss(d, b, AlgorithmSection(name="eagle3", ttt_length=4)),
-          "eagle3_per_step": lambda d, b: eagle3_loss_per_step(d, b, AlgorithmSection(name="eagle3", ttt_length=4))}
+          "eagle3_per_step": lambda d, b: eagle3_loss_per_step(d, b, AlgorithmSection(name="eagle3", ttt_length=4)),
+          "dflash": run_loss("dflash", AlgorithmSection(name="dflash", num_anchors=64)),
+          "dspark": run_loss("dspark", AlgorithmSection(name="dspark", num_anchors=64)),
+          "classic_draft": run_loss("classic_draft", AlgorithmSection(name="classic_draft"))}
+MODELING = {"eagle3": {"lm_head": "own"}, "dflash": {"block_size": 4}, "dspark": {"block_size": 4},
+            "classic_draft": {"draft_layers": 1}}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -71,10 +82,10 @@ def test_packed_batch_gives_the_unpacked_loss_and_gradients(base, name):
     samples = conversations(base, [24, 9, 17, 6, 12])
     packed_set = PackedDataset(samples, capacity=30)
     assert len(packed_set) < len(samples)  # several conversations share a row
+    algorithm = "eagle3" if name.startswith("eagle3") else name
     results = []
     for batch in (collate(samples), collate([packed_set[i] for i in range(len(packed_set))])):
-        drafter = make(base, "eagle3" if name.startswith("eagle3") else "eagle2",
-                       **({"lm_head": "own"} if name.startswith("eagle3") else {}))
+        drafter = make(base, algorithm, **MODELING.get(algorithm, {}))
         loss, metrics = LOSSES[name](drafter, batch)
         loss.backward()
         results.append((loss.detach(), {k: float(v) for k, v in metrics.items()}, grads_of(drafter)))
@@ -82,8 +93,23 @@ def test_packed_batch_gives_the_unpacked_loss_and_gradients(base, name):
     assert torch.allclose(packed, plain, rtol=1e-5), (packed, plain)
     for k in plain_metrics:
         assert packed_metrics[k] == pytest.approx(plain_metrics[k], rel=1e-4, abs=1e-6), k
+    assert plain_grads
     for k in plain_grads:
         assert torch.allclose(packed_grads[k], plain_grads[k], rtol=1e-3, atol=1e-6), k
+
+
+def test_online_features_of_a_packed_row_are_each_conversations_own(base):
+    """Online training runs the base on packed rows: block-diagonal attention, positions from 0 per conversation."""
+    samples = conversations(base, [24, 9, 17, 6, 12])
+    packed_set = PackedDataset(samples, capacity=30)
+    batch = collate([packed_set[i] for i in range(len(packed_set))])
+    tokens_only = {k: batch[k] for k in ("input_ids", "loss_mask", "attention_mask", "segment_ids", "position_ids")}
+    base.add_features(tokens_only, LAYERS)
+    for row, spans in enumerate(segments_of(batch["segment_ids"])):
+        for (start, end), j in zip(spans, packed_set.bins[row]):
+            alone, aux = base.capture(samples[j]["input_ids"][None], None, LAYERS)
+            assert torch.allclose(tokens_only["hidden"][row, start:end], alone[0], atol=1e-5)
+            assert torch.allclose(tokens_only["aux_hidden"][row, start:end], aux[0], atol=1e-5)
 
 
 def test_packing_without_boundaries_would_differ(base):
@@ -105,14 +131,12 @@ def test_packing_without_boundaries_would_differ(base):
     assert (kept[row, c:d - 1] - leaky[row, c:d - 1]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["dflash", "dspark", "classic_draft"])
-def test_algorithms_that_cannot_pack_refuse_it(name):
-    with pytest.raises(ConfigError, match=f"data.packing: not supported by the {name} algorithm.*eagle2, eagle3"):
-        check_packing(get_algorithm(name), DataSection(packing=True))
+def test_an_algorithm_that_cannot_pack_refuses_it():
+    from specforge_het.algorithms import Algorithm
 
-
-def test_online_packing_is_refused():
-    with pytest.raises(ConfigError, match="offline training"):
-        check_packing(get_algorithm("eagle3"), DataSection(packing=True, mode="online"))
-    check_packing(get_algorithm("eagle3"), DataSection(packing=True))
-    check_packing(get_algorithm("dflash"), DataSection(packing=False))
+    unpacking = Algorithm("toy", loss=None, build=None)
+    with pytest.raises(ConfigError, match="data.packing: not supported by the toy algorithm.*classic_draft, dflash"):
+        check_packing(unpacking, DataSection(packing=True))
+    check_packing(unpacking, DataSection(packing=False))
+    for name in ("eagle2", "eagle3", "dflash", "dspark", "classic_draft"):
+        check_packing(get_algorithm(name), DataSection(packing=True, mode="online"))

@@ -82,6 +82,3 @@ def check_packing(algorithm: Algorithm, data) -> None:
         packers = sorted(name for name, a in _REGISTRY.items() if a.packs)
         raise ConfigError(f"data.packing: not supported by the {algorithm.name} algorithm yet (supported: "
                           f"{', '.join(packers)}); unset it")
-    if data.mode != "offline":
-        raise ConfigError("data.packing: supported for offline training (data.mode: offline) only; the online base "
-                          "forward does not keep packed conversations apart yet")

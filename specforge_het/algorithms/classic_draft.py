@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from ..modeling.classic import build_classic_drafter
 from . import Algorithm, register
 from .losses import distribution_loss, masked_mean
+from .unroll import packed, target_mask
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
-    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
-    logits = drafter.token_logits(ids[:, :-1]).float()
-    m = mask[:, 1:].float()
+    ids, last = batch["input_ids"], batch["hidden"]
+    logits = drafter.token_logits(ids[:, :-1], packed(batch)).float()
+    m = target_mask(batch, 1, ids.shape[1] - 1).float()
     ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none"), m)
     with torch.no_grad():
         base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
@@ -39,4 +40,4 @@ def build(base, modeling, feature_layers, meta, draft_vocab):
     return build_classic_drafter(base, modeling, meta)
 
 
-register(Algorithm("classic_draft", classic_draft_loss, build))
+register(Algorithm("classic_draft", classic_draft_loss, build, packs=True))

@@ -16,13 +16,17 @@ import torch
 from ..modeling.dflash import block_attention, block_feature_layers, build_dflash_drafter
 from . import Algorithm, register
 from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import drafter_features
+from ..data.packing import same_segment
+from .unroll import drafter_features, packed
 
 
-def eligible_anchors(mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] → bool [B, T]: positions a ≥ 1 whose next token is an assistant (loss) token."""
+def eligible_anchors(mask: torch.Tensor, packing: dict | None = None) -> torch.Tensor:
+    """[B, T] → bool [B, T]: positions a ≥ 1 whose next token is an assistant (loss) token (packed rows: a ≥ 1
+    within its conversation, and the next token in the same one)."""
     ok = torch.zeros_like(mask, dtype=torch.bool)
     ok[:, 1:-1] = mask[:, 2:].bool()
+    if packing:
+        ok &= (packing["position_ids"] >= 1) & same_segment(packing["segment_ids"], 1, mask.shape[1])
     return ok
 
 
@@ -34,19 +38,24 @@ def pick_anchors(eligible: torch.Tensor, n: int, generator=None) -> tuple[torch.
     return top.indices, top.values >= 0
 
 
-def block_outputs(drafter, context: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+def block_outputs(drafter, context: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor,
+                  packing: dict | None = None) -> torch.Tensor:
     """The drafter over one block per anchor: context [B, T, H], ids [B, T], anchors [B, N] → outputs of the mask
-    slots [B, N, B−1, H] (slot i at position anchor + i)."""
+    slots [B, N, B−1, H] (slot i at position anchor + i). Packed rows: positions within the anchor's conversation,
+    whose context alone the block sees."""
     bsz, t = ids.shape
     n, size = anchors.shape[1], drafter.block_size
     dev = ids.device
     block_ids = torch.full((bsz, n, size), drafter.mask_token_id, dtype=torch.long, device=dev)
     block_ids[..., 0] = ids.gather(1, anchors)
-    block_pos = anchors[..., None] + torch.arange(size, device=dev)
+    ctx_pos = packing["position_ids"] if packing else torch.arange(t, device=dev).expand(bsz, -1)
+    block_pos = ctx_pos.gather(1, anchors)[..., None] + torch.arange(size, device=dev)
     groups = torch.arange(n, device=dev).repeat_interleave(size).expand(bsz, -1)
     before = torch.arange(t, device=dev)[None, None, :] < anchors.repeat_interleave(size, 1)[..., None]
+    if packing:
+        seg = packing["segment_ids"]
+        before = before & (seg[:, None, :] == seg.gather(1, anchors).repeat_interleave(size, 1)[..., None])
     mask = block_attention(torch.ones(bsz, t, dtype=torch.bool, device=dev), before, groups, context.dtype)
-    ctx_pos = torch.arange(t, device=dev).expand(bsz, -1)
     out = drafter(context, ctx_pos, block_ids.view(bsz, -1), block_pos.view(bsz, -1), mask)
     return out.view(bsz, n, size, -1)[:, :, 1:]
 
@@ -77,9 +86,13 @@ def training_blocks(drafter, batch: dict, alg, training: bool) -> Blocks:
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     size = drafter.block_size
     gen = None if training else torch.Generator(device=ids.device).manual_seed(0)  # evaluation: the same anchors
-    anchors, real = pick_anchors(eligible_anchors(mask), alg.num_anchors, gen)
-    out = block_outputs(drafter, drafter.context(drafter_features(drafter, batch)), ids, anchors)
+    packing = packed(batch)
+    anchors, real = pick_anchors(eligible_anchors(mask, packing), alg.num_anchors, gen)
+    out = block_outputs(drafter, drafter.context(drafter_features(drafter, batch)), ids, anchors, packing)
     feats, inside = _targets(last, anchors, size, shift=1)  # the base's feature before each drafted token
+    if packing:  # a drafted token of the next conversation is no target
+        seg = packing["segment_ids"]
+        inside = inside & (_targets(seg, anchors, size, shift=0)[0] == seg.gather(1, anchors)[..., None])
     target_logits, in_vocab = drafter.target_logits(feats)
     tok_mask, _ = _targets(mask, anchors, size, shift=0)
     return Blocks(anchors, out, target_logits, in_vocab, (inside & real[..., None] & tok_mask.bool()).to(out.dtype))
@@ -148,4 +161,5 @@ def build(base, modeling, layers, meta, draft_vocab):
                                 draft_vocab=draft_vocab, draft_layers=modeling.draft_layers)
 
 
-register(Algorithm("dflash", dflash_loss, build, feature_layers, modeling_keys=("block_size", "mask_token_id")))
+register(Algorithm("dflash", dflash_loss, build, feature_layers, modeling_keys=("block_size", "mask_token_id"),
+                   packs=True))

@@ -40,4 +40,4 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("dspark", dspark_loss, build, feature_layers,
-                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut")))
+                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut"), packs=True))

@@ -47,11 +47,7 @@ def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int,
     inside each one."""
     rows = input_ids.shape[1] - 1
     if on_tokens(drafter):  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
-        if packing:
-            from ..config.schema import ConfigError
-
-            raise ConfigError("data.packing: not supported for token-only drafters yet; unset it")
-        full = drafter.lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        full = drafter.token_states(input_ids, packing)
         for i in range(steps):
             yield i, shifted(full, 1 + i, rows)
         return

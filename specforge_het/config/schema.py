@@ -107,7 +107,7 @@ class DataSection:
     regen_temperature: float = 0.7  # 0 = greedy
     regen_max_new_tokens: int = 256
     # Pack several conversations per training row (up to max_length tokens; data/packing.py): no padding, the
-    # same loss. Offline training, eagle2 / eagle3.
+    # same loss. Every algorithm, offline and online.
     packing: bool = False
 
 

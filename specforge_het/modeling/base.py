@@ -209,17 +209,32 @@ class FrozenBase:
         """Fill a token batch with the base's features in place (online training, evaluation): `hidden`
         (the last hidden state) and, with `aux_layer_ids`, `aux_hidden`. A batch that has them is left alone."""
         if "hidden" not in batch:
-            batch["hidden"], aux = self.capture(batch["input_ids"], batch.get("attention_mask"), aux_layer_ids)
+            mask, positions = batch.get("attention_mask"), None
+            if "segment_ids" in batch:  # packed rows (data.packing): each conversation attends only to itself
+                mask, positions = self.packed_attention(batch["segment_ids"]), batch["position_ids"]
+            batch["hidden"], aux = self.capture(batch["input_ids"], mask, aux_layer_ids, positions)
             if aux is not None:
                 batch["aux_hidden"] = aux
         return batch
 
+    def packed_attention(self, segment_ids: torch.Tensor):
+        """The base's attention mask for packed rows: a block-diagonal causal 4D mask, or None under
+        flash_attention_2, which finds the conversations from the restarting position_ids itself."""
+        if getattr(self.model.config, "_attn_implementation", None) == "flash_attention_2":
+            return None
+        from .masks import packed_causal_mask
+
+        return packed_causal_mask(segment_ids, self.dtype)
+
     @torch.no_grad()
-    def capture(self, input_ids, attention_mask=None, aux_layer_ids=()):
+    def capture(self, input_ids, attention_mask=None, aux_layer_ids=(), position_ids=None):
         """Hidden states without the lm_head: (last hidden after the final norm [B,T,H],
-        the outputs of decoder blocks `aux_layer_ids` concatenated on the feature axis [B,T,k*H] or None)."""
+        the outputs of decoder blocks `aux_layer_ids` concatenated on the feature axis [B,T,k*H] or None).
+        attention_mask: [B, T] (1 = token) or an additive 4D mask; position_ids: None = 0..T−1."""
+        extra = {"position_ids": position_ids} if position_ids is not None else {}
         with self._capturing(aux_layer_ids) as captured:
-            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                           **extra)
         aux = torch.cat([captured[k] for k in aux_layer_ids], dim=-1) if aux_layer_ids else None
         return out.last_hidden_state, aux
 

@@ -17,7 +17,7 @@ from .draft_config import draft_hf_config
 from .checkpoint import register_architecture
 from .compat import base_meta
 from .drafter_base import DrafterBase
-from .masks import causal_mask, padded_causal_mask
+from .masks import causal_mask, packed_causal_mask, padded_causal_mask
 from . import ttt_attention
 
 
@@ -73,9 +73,19 @@ class ClassicDrafter(DrafterBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(features)[..., : self.base_vocab_size or None]
 
-    def token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def token_logits(self, input_ids: torch.Tensor, packing: Optional[dict] = None) -> torch.Tensor:
         """Plain causal forward over whole sequences (positions 0..L−1): logits at t predict token t+1."""
-        return self.logits(self.lm.model(input_ids=input_ids, use_cache=False).last_hidden_state)
+        return self.logits(self.token_states(input_ids, packing))
+
+    def token_states(self, input_ids: torch.Tensor, packing: Optional[dict] = None) -> torch.Tensor:
+        """The LM's last hidden states over whole sequences; `packing` (segment_ids, position_ids): rows holding
+        several conversations, each attending only to itself from position 0."""
+        if not packing:
+            return self.lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        t = input_ids.shape[1]
+        mask = packed_causal_mask(packing["segment_ids"][:, :t], self.lm.dtype)
+        return self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=packing["position_ids"][:, :t],
+                             use_cache=False).last_hidden_state
 
 
 def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> ClassicDrafter:

@@ -18,6 +18,15 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out[:, None]
 
 
+def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Causal attention inside each packed conversation: segment_ids [B, T] (1, 2, … per conversation, 0 =
+    padding) → additive [B, 1, T, T]; query t sees keys ≤ t of its own conversation (a padding query itself)."""
+    t = segment_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] != 0)
+    return additive_mask((causal[None] & same) | torch.eye(t, dtype=torch.bool, device=segment_ids.device)[None], dtype)
+
+
 def padded_causal_mask(valid: torch.Tensor, prefix_valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """Causal attention over left- or inner-padded rows: query i sees valid keys ≤ i (and always itself, so a
     padding query has a finite row). valid [B, T], prefix_valid [B, P] or None → additive [B, 1, T, P + T]."""
