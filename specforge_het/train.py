@@ -24,7 +24,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from .algorithms import check_packing, get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
-from .config.schema import ConfigError
+from .config.schema import ConfigError, closest
 from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
 from .data.packing import PackedDataset
@@ -73,6 +73,17 @@ class DrafterTrainer(Trainer):
         self._tokens, self._tokens_since = 0, time.perf_counter()  # tokens trained on since the last log
         self._real_tokens = 0  # of which not padding
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled and self.args.world_size > 1:
+            # accelerate switches FSDP on only for accelerator processes; CPU processes (gloo) get the same FSDP2
+            # path here — torch's fully_shard runs on a CPU device mesh.
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            self.accelerator.state.distributed_type = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hidden" not in inputs:
             if self.base is None:
@@ -115,6 +126,14 @@ class DrafterTrainer(Trainer):
             logs["real_tokens_per_s"] = round(self._real_tokens / seconds, 1)  # what packing raises
             self._tokens, self._real_tokens, self._tokens_since = 0, 0, now
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        # FSDP2: every process gathers the full weights from the shards (a collective), the main process writes.
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.model.state_dict().items()}
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir or self.args.output_dir)
@@ -223,7 +242,43 @@ def deepspeed_flags(ds_config: dict | None, use_cpu: bool, hidden_size: int) -> 
     return {"deepspeed": ds_config}
 
 
-def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0) -> TrainingArguments:
+def draft_layer_classes(drafter) -> list[str]:
+    """Class names of the draft decoder layers (FSDP's wrapping units)."""
+    try:
+        return sorted({type(layer).__name__ for layer in drafter.decoder_layers()})
+    except NotImplementedError:
+        return []
+
+
+FSDP_KEYS = {"reshard_after_forward": bool, "cpu_offload": bool, "wrap": str}
+
+
+def fsdp_flags(fsdp: dict | None, deepspeed: dict | None, layer_classes: list[str]) -> dict:
+    """TrainingArguments flags for training.fsdp: FSDP2 (torch fully_shard) through accelerate. "layers" wraps each
+    draft decoder layer (`layer_classes`) as its own unit, "none" shards the drafter as one."""
+    if fsdp is None:  # an empty mapping is FSDP with the defaults
+        return {}
+    if deepspeed:
+        raise ConfigError("training.fsdp and training.deepspeed are both set; choose one")
+    for key, value in fsdp.items():
+        if key not in FSDP_KEYS:
+            raise ConfigError(f"training.fsdp.{key}: unknown key; {closest(key, FSDP_KEYS)}")
+        if not isinstance(value, FSDP_KEYS[key]):
+            raise ConfigError(f"training.fsdp.{key}: expected {FSDP_KEYS[key].__name__}, got {value!r}")
+    wrap = fsdp.get("wrap", "layers")
+    if wrap not in ("layers", "none"):
+        raise ConfigError(f"training.fsdp.wrap: expected layers or none, got {wrap!r}")
+    config = {"version": 2, "reshard_after_forward": fsdp.get("reshard_after_forward", True),
+              "cpu_offload": fsdp.get("cpu_offload", False), "state_dict_type": "FULL_STATE_DICT"}
+    if wrap == "layers" and layer_classes:
+        config.update(auto_wrap_policy="TRANSFORMER_BASED_WRAP", transformer_layer_cls_to_wrap=sorted(layer_classes))
+    else:
+        config["auto_wrap_policy"] = "NO_WRAP"
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0,
+                       layer_classes: list[str] = ()) -> TrainingArguments:
     t = cfg.training
     return TrainingArguments(
         output_dir=t.output_dir, learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
@@ -236,7 +291,7 @@ def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0) -> T
         save_only_model=False, logging_first_step=True,
         eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
         per_device_eval_batch_size=t.per_device_train_batch_size, **precision_flags(t.mixed_precision, use_cpu),
-        **deepspeed_flags(t.deepspeed, use_cpu, hidden_size),
+        **deepspeed_flags(t.deepspeed, use_cpu, hidden_size), **fsdp_flags(t.fsdp, t.deepspeed, list(layer_classes)),
     )
 
 
@@ -329,7 +384,7 @@ def check_weights_only(ckpt: Path) -> None:
 
     from transformers.trainer_pt_utils import safe_globals  # the numpy RNG types the Trainer itself allows
 
-    for path in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")):
+    for path in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")) + sorted(ckpt.glob("*.bin")):
         try:
             with safe_globals():
                 torch.load(path, map_location="cpu", weights_only=True)
@@ -375,7 +430,8 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     save_resolved_config(cfg, out_dir, "train", presets)
     capture_ids = layers if layers else base.check_layer_ids(cfg.data.aux_layer_ids, "data.aux_layer_ids")
     trainer = DrafterTrainer(
-        model=drafter, args=training_arguments(cfg, base.device.type == "cpu", drafter.hf_config.hidden_size),
+        model=drafter, args=training_arguments(cfg, base.device.type == "cpu", drafter.hf_config.hidden_size,
+                                               draft_layer_classes(drafter)),
         train_dataset=train_set,
         eval_dataset=eval_set, data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
         aux_layer_ids=capture_ids, eval_depth=cfg.training.eval_depth,
@@ -385,6 +441,10 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     if trainer.is_deepspeed_enabled and trainer.args.should_save:
         stage = trainer.args.hf_deepspeed_config.config["zero_optimization"]["stage"]
         log.info(f"train: DeepSpeed ZeRO-{stage} over {trainer.args.world_size} processes")
+    if trainer.is_fsdp_enabled and trainer.args.should_save:
+        log.info(f"train: FSDP{trainer.accelerator.state.fsdp_plugin.fsdp_version} over {trainer.args.world_size} "
+                 f"processes (reshard_after_forward={trainer.args.fsdp_config['reshard_after_forward']}, "
+                 f"wrap {trainer.args.fsdp_config.get('transformer_layer_cls_to_wrap') or 'the drafter as one unit'})")
     last_ckpt = last_complete_checkpoint(out_dir)
     if last_ckpt:
         check_weights_only(last_ckpt)

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,3 +272,43 @@ def test_packed_training_run(saved_config, tmp_path):
     logged = [h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
     assert logged and all(h["real_tokens_per_s"] > 0 and math.isfinite(h["loss"]) for h in logged)
     assert json.loads((out / "resolved_config.json").read_text())["config"]["data"]["packing"] is True
+
+
+def test_fsdp2_saves_the_trained_drafter_and_resumes(saved_config, ddp_drafter, tmp_path):
+    """FSDP2 (torch fully_shard through accelerate; on CPU processes over gloo) shards the drafter: the saved drafter
+    is the full trained one, equal to plain data parallel from the same seed, and a run resumed from its mid-run
+    checkpoint (each process loading its shard of it) ends where the uninterrupted run did."""
+    full = tmp_path / "fsdp"
+    stdout = two_process_run(saved_config, full, "--@fsdp")
+    assert "FSDP2 over 2 processes" in stdout
+    a, b = weights(full), weights(ddp_drafter)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: FSDP2 ≠ data parallel")
+    mid = weights(full / "checkpoint-3")
+    assert all(mid[k].shape == a[k].shape for k in a) and any(not torch.equal(mid[k], a[k]) for k in a)
+    resumed = copy_run(full, tmp_path / "resumed")
+    for leftover in ("checkpoint-6", "model.safetensors", "drafter_config.json"):
+        path = resumed / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    assert "resuming from" in two_process_run(saved_config, resumed, "--@fsdp")
+    c = weights(resumed)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{k}: resumed FSDP2 run ≠ uninterrupted")
+
+
+def test_fsdp_settings_are_checked():
+    from specforge_het.train import fsdp_flags
+
+    with pytest.raises(ConfigError, match="training.fsdp.wrap: expected layers or none"):
+        fsdp_flags({"wrap": "blocks"}, None, ["LlamaDecoderLayer"])
+    with pytest.raises(ConfigError, match="training.fsdp.reshard: unknown key"):
+        fsdp_flags({"reshard": True}, None, [])
+    with pytest.raises(ConfigError, match="both set"):
+        fsdp_flags({"wrap": "none"}, {"zero_optimization": {"stage": 2}}, [])
+    assert fsdp_flags({"wrap": "none"}, None, ["X"])["fsdp_config"]["auto_wrap_policy"] == "NO_WRAP"
+    flags = fsdp_flags({}, None, ["LlamaDecoderLayer"])["fsdp_config"]
+    assert flags["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"] and flags["version"] == 2

@@ -141,6 +141,10 @@ class TrainingSection:
     # A DeepSpeed config (inline mapping; see the zero2 / zero3 presets). Launch with several processes
     # (accelerate launch / deepspeed / torchrun); None = plain data parallel.
     deepspeed: Optional[dict] = None
+    # PyTorch FSDP2 through accelerate (see the fsdp preset): reshard_after_forward (true = full shard),
+    # cpu_offload, wrap ("layers": each draft decoder layer its own unit, "none": the drafter as one unit).
+    # None = off. Launch with several processes, like deepspeed.
+    fsdp: Optional[dict] = None
     # In-training evaluation on a held-out split: per-step accuracy and the simulated τ of chain drafting.
     eval_fraction: float = 0.0  # share of the dataset held out (0 = no evaluation)
     eval_steps: int = 100

@@ -158,6 +158,7 @@ def tied_keys(state: dict) -> dict[str, str]:
     """Keys whose tensor is the same storage as an earlier key's (tied weights) → that earlier key."""
     first, ties = {}, {}
     for k, v in state.items():
+        v = v.to_local() if hasattr(v, "to_local") else v  # an FSDP2 shard (DTensor): its local storage
         if v.numel() == 0:
             continue
         ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
@@ -183,5 +184,11 @@ def load_checked_state(model, state: dict, where):
         if v.shape != own[k].shape:
             raise ConfigError(f"{where}: key {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
     check_finite(state, where)
+    if any(hasattr(v, "full_tensor") for v in own.values()):  # FSDP2-sharded (DTensor) parameters: each process
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # keeps its own shard of the full tensors (a collective: every process loads the same file)
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return model
     model.load_state_dict(state, strict=False)
     return model
