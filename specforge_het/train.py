@@ -9,8 +9,6 @@ unregistered, so the optimizer and checkpoints never see them.
 from __future__ import annotations
 
 import logging
-import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -19,12 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
 from .algorithms import check_packing, get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
-from .config.schema import ConfigError, closest
+from .config.schema import ConfigError
 from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
 from .data.packing import PackedDataset
@@ -35,6 +33,9 @@ from .modeling.checkpoint import load_checked_state, read_drafter_config, read_s
 from .modeling.drafter_base import DrafterBase
 from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
 from .modeling.vocab import target_token_counts, top_tokens
+# Re-exported: what tests and scripts have imported from here.
+from .trainer_flags import (deepspeed_flags, draft_layer_classes, fsdp_flags, precision_flags,  # noqa: F401
+                            reporters, training_arguments)
 from .utils.io import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -186,113 +187,6 @@ class LossProgress(ProgressCallback):
             self.training_bar.set_postfix({k.replace("tokens_per_s", "tok/s"): v for k, v in shown.items()})
         else:  # evaluation results and the end-of-training summary are printed as usual
             super().on_log(args, state, control, logs, **kwargs)
-
-
-def precision_flags(mode: str, use_cpu: bool) -> dict:
-    """TrainingArguments flags for training.mixed_precision. Autocast only: the drafter's weights (and so the
-    optimizer's master copy) stay fp32 whatever the base's dtype."""
-    if mode not in ("auto", "no", "bf16", "fp16"):
-        raise ConfigError(f"training.mixed_precision: expected auto, no, bf16 or fp16, got {mode!r}")
-    if mode == "auto":
-        mode = "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if mode != "no" and use_cpu:
-        raise ConfigError(f"training.mixed_precision {mode} needs a GPU; on CPU training runs in fp32 (use auto or no)")
-    return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
-
-
-REPORTERS = ("none", "tensorboard", "wandb", "json")
-
-
-def reporters(report_to: str) -> list[str]:
-    """training.report_to → the Trainer's integrations. "json" is ours: train_log.json is always written, so it
-    adds nothing; tensorboard and wandb must be installed (wandb runs offline with WANDB_MODE=offline)."""
-    names = [n.strip() for n in report_to.split(",") if n.strip()]
-    for n in names:
-        if n not in REPORTERS:
-            raise ConfigError(f"training.report_to: unknown logger {n!r}; expected a comma-separated list of "
-                              f"{', '.join(REPORTERS)}")
-    wanted = [n for n in names if n not in ("none", "json")]
-    for n in wanted:  # each integration is the package of its name
-        if importlib.util.find_spec(n) is None:
-            raise ConfigError(f"training.report_to {n}: the {n} package is not installed (pip install {n})")
-    return wanted or ["none"]
-
-
-def deepspeed_flags(ds_config: dict | None, use_cpu: bool, hidden_size: int) -> dict:
-    """TrainingArguments flags for training.deepspeed (a mapping, e.g. from the zero2 / zero3 presets). The bucket
-    sizes left "auto" are sized here from the drafter's width (transformers would read it from a model config
-    the trained module does not have), with transformers' own rules."""
-    if not ds_config:
-        return {}
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("training.deepspeed is set but DeepSpeed is not installed (pip install deepspeed)")
-    stage = ds_config.get("zero_optimization", {}).get("stage")
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"training.deepspeed.zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")
-    if "optimizer" in ds_config and use_cpu:
-        raise ConfigError("training.deepspeed.optimizer: DeepSpeed's own optimizers need a GPU; leave it out and "
-                          "the Trainer's AdamW (training.learning_rate, adam_beta*) is used")
-    ds_config = copy.deepcopy(ds_config)
-    zero = ds_config["zero_optimization"]
-    for key, size in (("reduce_bucket_size", hidden_size * hidden_size),
-                      ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
-                      ("stage3_param_persistence_threshold", 10 * hidden_size)):
-        if zero.get(key) == "auto":
-            zero[key] = size
-    return {"deepspeed": ds_config}
-
-
-def draft_layer_classes(drafter) -> list[str]:
-    """Class names of the draft decoder layers (FSDP's wrapping units)."""
-    try:
-        return sorted({type(layer).__name__ for layer in drafter.decoder_layers()})
-    except NotImplementedError:
-        return []
-
-
-FSDP_KEYS = {"reshard_after_forward": bool, "cpu_offload": bool, "wrap": str}
-
-
-def fsdp_flags(fsdp: dict | None, deepspeed: dict | None, layer_classes: list[str]) -> dict:
-    """TrainingArguments flags for training.fsdp: FSDP2 (torch fully_shard) through accelerate. "layers" wraps each
-    draft decoder layer (`layer_classes`) as its own unit, "none" shards the drafter as one."""
-    if fsdp is None:  # an empty mapping is FSDP with the defaults
-        return {}
-    if deepspeed:
-        raise ConfigError("training.fsdp and training.deepspeed are both set; choose one")
-    for key, value in fsdp.items():
-        if key not in FSDP_KEYS:
-            raise ConfigError(f"training.fsdp.{key}: unknown key; {closest(key, FSDP_KEYS)}")
-        if not isinstance(value, FSDP_KEYS[key]):
-            raise ConfigError(f"training.fsdp.{key}: expected {FSDP_KEYS[key].__name__}, got {value!r}")
-    wrap = fsdp.get("wrap", "layers")
-    if wrap not in ("layers", "none"):
-        raise ConfigError(f"training.fsdp.wrap: expected layers or none, got {wrap!r}")
-    config = {"version": 2, "reshard_after_forward": fsdp.get("reshard_after_forward", True),
-              "cpu_offload": fsdp.get("cpu_offload", False), "state_dict_type": "FULL_STATE_DICT"}
-    if wrap == "layers" and layer_classes:
-        config.update(auto_wrap_policy="TRANSFORMER_BASED_WRAP", transformer_layer_cls_to_wrap=sorted(layer_classes))
-    else:
-        config["auto_wrap_policy"] = "NO_WRAP"
-    return {"fsdp": True, "fsdp_config": config}
-
-
-def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0,
-                       layer_classes: list[str] = ()) -> TrainingArguments:
-    t = cfg.training
-    return TrainingArguments(
-        output_dir=t.output_dir, learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.lr_scheduler_type, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=reporters(t.report_to),
-        dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
-        save_only_model=False, logging_first_step=True,
-        eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
-        per_device_eval_batch_size=t.per_device_train_batch_size, **precision_flags(t.mixed_precision, use_cpu),
-        **deepspeed_flags(t.deepspeed, use_cpu, hidden_size), **fsdp_flags(t.fsdp, t.deepspeed, list(layer_classes)),
-    )
 
 
 def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> DrafterBase:

@@ -301,7 +301,7 @@ def test_fsdp2_saves_the_trained_drafter_and_resumes(saved_config, ddp_drafter, 
 
 
 def test_fsdp_settings_are_checked():
-    from specforge_het.train import fsdp_flags
+    from specforge_het.trainer_flags import fsdp_flags
 
     with pytest.raises(ConfigError, match="training.fsdp.wrap: expected layers or none"):
         fsdp_flags({"wrap": "blocks"}, None, ["LlamaDecoderLayer"])

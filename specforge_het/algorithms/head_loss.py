@@ -59,27 +59,26 @@ class _FusedHeadLoss(torch.autograd.Function):
         hits = torch.zeros(features.shape[:2], dtype=torch.bool, device=features.device)
         w = weight.detach().requires_grad_(grad_weight is not None)
         b_ = None if bias is None else bias.detach().requires_grad_(grad_bias is not None)
-        for row in range(features.shape[0]):
-            for s in range(0, features.shape[1], step):
-                keep = ((loss_weight[row, s:s + step] != 0) | metric_mask[row, s:s + step].bool()).nonzero()[:, 0]
-                if keep.numel() == 0:
-                    continue
-                f = features[row, s:s + step][keep].detach().requires_grad_(grad_features is not None)
-                with torch.enable_grad():
-                    logits = F.linear(f.to(w.dtype), w, b_)
-                    target = teacher[row, s:s + step][keep]
-                    loss = (divergence(target, logits) * loss_weight[row, s:s + step][keep]).sum()
-                hits[row, s + keep] = logits.detach().argmax(-1) == target.argmax(-1)
-                wants = [t for t in (f, w, b_) if t is not None and t.requires_grad]
-                if wants:
-                    grads = iter(torch.autograd.grad(loss, wants))
-                    if f.requires_grad:
-                        grad_features[row, s + keep] = next(grads).to(grad_features.dtype)
-                    if w.requires_grad:
-                        grad_weight += next(grads).float()
-                    if b_ is not None and b_.requires_grad:
-                        grad_bias += next(grads).float()
-                total += loss.detach().float()
+        # The rows that matter, over the whole batch, `step` at a time (only these rows' teacher is copied).
+        rows, cols = ((loss_weight != 0) | metric_mask.bool()).nonzero(as_tuple=True)
+        for s in range(0, rows.numel(), step):
+            r, c = rows[s:s + step], cols[s:s + step]
+            f = features[r, c].detach().requires_grad_(grad_features is not None)
+            with torch.enable_grad():
+                logits = F.linear(f.to(w.dtype), w, b_)
+                target = teacher[r, c]
+                loss = (divergence(target, logits) * loss_weight[r, c]).sum()
+            hits[r, c] = logits.detach().argmax(-1) == target.argmax(-1)
+            wants = [t for t in (f, w, b_) if t is not None and t.requires_grad]
+            if wants:
+                grads = iter(torch.autograd.grad(loss, wants))
+                if f.requires_grad:
+                    grad_features[r, c] = next(grads).to(grad_features.dtype)
+                if w.requires_grad:
+                    grad_weight += next(grads).float()
+                if b_ is not None and b_.requires_grad:
+                    grad_bias += next(grads).float()
+            total += loss.detach().float()
         ctx.save_for_backward(*(g for g in (grad_features, grad_weight, grad_bias) if g is not None))
         ctx.has = (grad_features is not None, grad_weight is not None, grad_bias is not None)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
