@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 from specforge_het.algorithms import check_packing, get_algorithm
 from specforge_het.algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
 from specforge_het.config.schema import AlgorithmSection, ConfigError, DataSection
-from specforge_het.data.packing import PackedDataset, lpt_bins, padding_fraction, same_segment, segments_of
+from specforge_het.algorithms.unroll import same_segment
+from specforge_het.data.packing import PackedDataset, lpt_bins, padding_fraction, segments_of
 from specforge_het.data.shards import collate
 
 from test_algorithms import LAYERS, eagle3_batches, make

@@ -16,8 +16,7 @@ import torch
 from ..modeling.dflash import block_attention, block_feature_layers, build_dflash_drafter
 from . import Algorithm, register
 from .losses import distribution_loss, masked_mean, top1_hits
-from ..data.packing import same_segment
-from .unroll import drafter_features, packed
+from .unroll import drafter_features, packed, same_segment
 
 
 def eligible_anchors(mask: torch.Tensor, packing: dict | None = None) -> torch.Tensor:

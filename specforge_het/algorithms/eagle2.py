@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from . import Algorithm, register
-from ..data.packing import segments_of
-from ..modeling.ttt_attention import SEGMENTS
 from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import packed, target_mask
+from .unroll import packed, row_layout, target_mask
 
 
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -28,13 +26,9 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     m = target_mask(batch, 1, rows).to(dtype)
     if training and alg.noise_std > 0:
         inp_h = inp_h + (torch.rand_like(inp_h) - 0.5) * alg.noise_std
-    packing = packed(batch)
-    if packing:  # several conversations per row: positions restart, attention stays inside each one
-        positions = packing["position_ids"][:, :rows]
-        pred = drafter(inp_h, inp_ids, positions, ttt_state={SEGMENTS: segments_of(packing["segment_ids"][:, :rows])})
-    else:
-        positions = torch.arange(rows, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
-        pred = drafter(inp_h, inp_ids, positions)
+    # Packed rows: positions restart and attention stays inside each conversation (through the ttt_state).
+    positions, state = row_layout(packed(batch), rows, ids.shape[0], ids.device)
+    pred = drafter(inp_h, inp_ids, positions, ttt_state=state or None)
     with torch.no_grad():
         # Over the draft vocabulary; positions whose base top token lies outside it teach the head nothing.
         target_logits, in_vocab = drafter.target_logits(target_h)

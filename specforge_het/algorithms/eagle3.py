@@ -34,9 +34,10 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
     for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch)):
         n = rows - i  # rows whose step-i target (row t + 1 + i) exists; the rest have no loss and no metric
         m, inside = target_mask(batch, 1 + i, rows)[:, :n].to(dtype), in_vocab[:, 1 + i:]
-        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:],
-                                         m * inside.to(dtype), m, divergence)
-        ploss = loss_sum / (m * inside.to(dtype)).sum().clamp_min(1.0)  # masked_mean over the full rows
+        weight = m * inside.to(dtype)
+        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:], weight, m,
+                                         divergence)
+        ploss = loss_sum / weight.sum().clamp_min(1.0)  # masked_mean over the full rows
         total = total + alg.ttt_decay ** i * ploss
         metrics[f"acc_{i}"] = (hits & inside).to(dtype).sum() / m.sum().clamp_min(1.0)
         metrics[f"ploss_{i}"] = ploss.detach()

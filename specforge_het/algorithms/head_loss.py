@@ -32,17 +32,16 @@ def teacher_once(drafter, last: torch.Tensor, rows_per_chunk: Optional[int] = No
                                                                                               torch.Tensor]:
     """drafter.target_logits over every row of `last` [B, L, H], one chunk of rows at a time →
     (teacher logits [B, L, V_draft] in the base head's dtype, base top token in the draft vocabulary [B, L])."""
-    n, length = last.shape[:2]
+    flat = last.reshape(-1, last.shape[-1])  # every row of the batch, `step` at a time
     step = rows_per_chunk or chunk_rows(drafter.base_lm_head.weight.shape[0])
     teacher = in_vocab = None
-    for b in range(n):
-        for s in range(0, length, step):
-            logits, inside = drafter.target_logits(last[b, s:s + step])
-            if teacher is None:
-                teacher = logits.new_empty(n, length, logits.shape[-1])
-                in_vocab = inside.new_empty(n, length)
-            teacher[b, s:s + step], in_vocab[b, s:s + step] = logits, inside
-    return teacher, in_vocab
+    for s in range(0, flat.shape[0], step):
+        logits, inside = drafter.target_logits(flat[s:s + step])
+        if teacher is None:  # written in place: the teacher is held once, never concatenated
+            teacher = logits.new_empty(flat.shape[0], logits.shape[-1])
+            in_vocab = inside.new_empty(flat.shape[0])
+        teacher[s:s + step], in_vocab[s:s + step] = logits, inside
+    return teacher.view(*last.shape[:2], -1), in_vocab.view(last.shape[:2])
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -89,10 +88,9 @@ class _FusedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_hits):
         saved = iter(ctx.saved_tensors)
         grad_f, grad_w, grad_b = (next(saved) if has else None for has in ctx.has)
-        scale = grad_total
-        return (None if grad_f is None else grad_f * scale.to(grad_f.dtype),
-                None if grad_w is None else (grad_w * scale).to(ctx.dtypes[0]),
-                None if grad_b is None else (grad_b * scale).to(ctx.dtypes[1]),
+        return (None if grad_f is None else grad_f * grad_total.to(grad_f.dtype),
+                None if grad_w is None else (grad_w * grad_total).to(ctx.dtypes[0]),
+                None if grad_b is None else (grad_b * grad_total).to(ctx.dtypes[1]),
                 None, None, None, None, None)
 
 

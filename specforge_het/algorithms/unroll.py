@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.packing import same_segment, segments_of
+from ..data.packing import segments_of
 from ..modeling.ttt_attention import SEGMENTS
 
 
@@ -25,6 +25,19 @@ def shifted(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
 def packed(batch: dict) -> dict | None:
     """The packing fields of a batch (data.packing: several conversations per row), or None."""
     return {k: batch[k] for k in ("segment_ids", "position_ids")} if "segment_ids" in batch else None
+
+
+def same_segment(segment_ids: torch.Tensor, shift: int, rows: int) -> torch.Tensor:
+    """[B, rows] bool: position t + shift lies in t's conversation (a target that does not cross a boundary)."""
+    here = segment_ids[:, :rows]
+    return (here == shifted(segment_ids, shift, rows)) & (here != 0)
+
+
+def row_layout(packing: dict | None, rows: int, batch_size: int, device) -> tuple[torch.Tensor, dict]:
+    """Positions of rows 0..rows−1 and the ttt_state entries that keep packed conversations apart (none unpacked)."""
+    if packing:
+        return packing["position_ids"][:, :rows], {SEGMENTS: segments_of(packing["segment_ids"][:, :rows])}
+    return torch.arange(rows, device=device).unsqueeze(0).expand(batch_size, -1), {}
 
 
 def target_mask(batch: dict, shift: int, rows: int) -> torch.Tensor:
@@ -51,13 +64,8 @@ def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int,
         for i in range(steps):
             yield i, shifted(full, 1 + i, rows)
         return
-    state: dict = {}
     hidden = features[:, :rows]
-    if packing:
-        state[SEGMENTS] = segments_of(packing["segment_ids"][:, :rows])
-        base_pos = packing["position_ids"][:, :rows]
-    else:
-        base_pos = torch.arange(rows, device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1)
+    base_pos, state = row_layout(packing, rows, input_ids.shape[0], input_ids.device)
     for i in range(steps):
         out = drafter(hidden, shifted(input_ids, 1 + i, rows), base_pos + i, from_base=i == 0, ttt_state=state)
         yield i, out

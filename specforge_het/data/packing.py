@@ -4,8 +4,8 @@ Bins: LPT (longest first) into rows of `capacity` tokens — each sample, longes
 open row if it fits there, or opens a new one (the multipack heuristic). Each packed row keeps its conversations
 apart: `segment_ids` (1, 2, … per conversation; 0 = padding, added by the collator) and `position_ids` restarting
 at 0 per conversation. The drafter's attention stays inside a segment (modeling/ttt_attention.py runs causal
-attention per segment) and no target crosses a boundary (`same_segment`), so a packed batch gives the loss of the
-same conversations unpacked (tests/test_packing.py).
+attention per segment) and no target crosses a boundary (`algorithms/unroll.same_segment`), so a packed batch gives
+the loss of the same conversations unpacked (tests/test_packing.py).
 """
 from __future__ import annotations
 
@@ -83,15 +83,6 @@ def segments_of(segment_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
                 start = t
         spans.append(out)
     return spans
-
-
-def same_segment(segment_ids: torch.Tensor, shift: int, rows: int) -> torch.Tensor:
-    """[B, rows] bool: position t + shift lies in t's conversation (a target that does not cross a boundary)."""
-    here = segment_ids[:, :rows]
-    there = segment_ids[:, shift:shift + rows]
-    if there.shape[1] < rows:
-        there = torch.cat([there, there.new_zeros(there.shape[0], rows - there.shape[1])], 1)
-    return (here == there) & (here != 0)
 
 
 def padding_fraction(batch_lengths: list[list[int]]) -> float:
