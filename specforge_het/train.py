@@ -36,6 +36,7 @@ from .modeling.vocab import target_token_counts, top_tokens
 # Re-exported: what tests and scripts have imported from here.
 from .trainer_flags import (deepspeed_flags, draft_layer_classes, fsdp_flags, precision_flags,  # noqa: F401
                             reporters, training_arguments)
+from . import trainer_sp
 from .utils.io import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,11 @@ class DrafterWithLoss(torch.nn.Module):
         super().__init__()
         self.drafter = drafter
         self.loss_fn, self.algorithm_cfg = loss_fn, algorithm_cfg
+        self.sp = None  # the sequence-parallel group (trainer_sp.py): the loss then trains this process's rows
 
     def forward(self, **batch):
-        return self.loss_fn(self.drafter, batch, self.algorithm_cfg, training=self.training)
+        extra = {"sp": self.sp} if self.sp is not None and self.training else {}
+        return self.loss_fn(self.drafter, batch, self.algorithm_cfg, training=self.training, **extra)
 
 
 class DrafterTrainer(Trainer):
@@ -60,8 +63,11 @@ class DrafterTrainer(Trainer):
     are our drafter format (safetensors + JSON, no pickled training args). `model` is the bare drafter."""
 
     def __init__(self, *args, model: DrafterBase, loss_fn, algorithm_cfg, base: FrozenBase | None = None,
-                 aux_layer_ids=(), eval_depth: int = 5, **kwargs):
+                 aux_layer_ids=(), eval_depth: int = 5, sequence_parallel: int = 1, **kwargs):
         super().__init__(*args, model=DrafterWithLoss(model, loss_fn, algorithm_cfg), **kwargs)
+        self.sp = trainer_sp.setup(sequence_parallel, self.args.world_size, model.hf_config.num_attention_heads,
+                                   self.args.deepspeed)
+        self.model.sp = self.sp
         self.drafter = model
         self.loss_fn = loss_fn
         self.eval_depth = eval_depth
@@ -84,6 +90,10 @@ class DrafterTrainer(Trainer):
             self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
             self.accelerator.state.distributed_type = DistributedType.FSDP
             self.is_fsdp_enabled = True
+
+    def get_train_dataloader(self):
+        with trainer_sp.data_per_group(self.accelerator, self.sp):  # every process of a group: the same batches
+            return super().get_train_dataloader()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hidden" not in inputs:
@@ -307,6 +317,7 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
 def run(cfg: RunConfig, presets: list[str]) -> Path:
     algorithm = get_algorithm(cfg.algorithm.name)
     check_packing(algorithm, cfg.data)
+    trainer_sp.check_algorithm(algorithm, cfg.training.sequence_parallel)
     loss_fn = algorithm.loss
     base = load_base(cfg.base)
     layers = feature_layers_for(cfg, base)
@@ -329,6 +340,7 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
         train_dataset=train_set,
         eval_dataset=eval_set, data_collator=collate, loss_fn=loss_fn, algorithm_cfg=cfg.algorithm, base=base,
         aux_layer_ids=capture_ids, eval_depth=cfg.training.eval_depth,
+        sequence_parallel=cfg.training.sequence_parallel,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgress)

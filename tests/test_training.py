@@ -312,3 +312,60 @@ def test_fsdp_settings_are_checked():
     assert fsdp_flags({"wrap": "none"}, None, ["X"])["fsdp_config"]["auto_wrap_policy"] == "NO_WRAP"
     flags = fsdp_flags({}, None, ["LlamaDecoderLayer"])["fsdp_config"]
     assert flags["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"] and flags["version"] == 2
+
+
+@pytest.fixture(scope="module")
+def eagle3_config(tmp_path_factory, tiny_base, tiny_conversations):
+    """An EAGLE-3 dataset (the base's fused feature layers) and a resolved training config for it (TTT 3)."""
+    work = tmp_path_factory.mktemp("eagle3_training")
+    cfg = make_cfg(work, tiny_base, tiny_conversations, algorithm__name="eagle3", modeling__lm_head="own",
+                   algorithm__ttt_length=3, training__max_steps=6, training__save_steps=3, training__logging_steps=2,
+                   training__learning_rate=3e-3, training__per_device_train_batch_size=4, training__warmup_steps=1)
+    data_gen.run(cfg, [])
+    return save_resolved_config(cfg, work / "config", "train", [])
+
+
+def test_sequence_parallel_run_trains_the_one_process_drafter(eagle3_config, tmp_path):
+    """training.sequence_parallel 2 over 2 processes (gloo): both read the same batches and each trains half of every
+    sequence's rows, so the run consumes the data of one process and saves its drafter (same seed)."""
+    single, split = tmp_path / "single", tmp_path / "sp"
+    proc = subprocess.run(train_cmd(eagle3_config, single), env=env(), capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = train_cmd(eagle3_config, split, zero_launcher()) + ["--training.sequence_parallel", "2"]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-3000:]
+    assert "1 group(s) of 2 processes" in proc.stdout
+    a, b = weights(split), weights(single)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: sequence parallel ≠ one process")
+    logs = [[h for h in json.loads((out / "train_log.json").read_text()) if "loss" in h] for out in (split, single)]
+    assert [h["loss"] for h in logs[0]] == pytest.approx([h["loss"] for h in logs[1]], rel=1e-4)
+    assert json.loads((split / "resolved_config.json").read_text())["config"]["training"]["sequence_parallel"] == 2
+
+
+def test_sequence_parallel_inside_data_parallel(eagle3_config, tmp_path):
+    """4 processes, groups of 2: each group reads the shard plain data parallel over 2 processes reads, so the run
+    trains that run's drafter."""
+    ddp, split = tmp_path / "ddp", tmp_path / "sp"
+    for out, launcher, extra in ((ddp, zero_launcher(2), []),
+                                 (split, zero_launcher(4), ["--training.sequence_parallel", "2"])):
+        proc = subprocess.run(train_cmd(eagle3_config, out, launcher) + extra, env=env(), capture_output=True,
+                              text=True, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-3000:]
+    assert "2 group(s) of 2 processes" in proc.stdout
+    a, b = weights(split), weights(ddp)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 × 2 sequence parallel ≠ 2-way DDP")
+
+
+def test_sequence_parallel_misuse_is_one_line(eagle3_config, saved_config, tmp_path):
+    for config, extra, message in (
+            (eagle3_config, [], "training.sequence_parallel: 2 does not divide the 1 processes launched"),
+            (saved_config, [], "training.sequence_parallel: not supported by the eagle2 algorithm"),
+            (eagle3_config, ["--training.sequence_parallel", "0"], "training.sequence_parallel")):
+        cmd = train_cmd(config, tmp_path / "out") + (extra or ["--training.sequence_parallel", "2"])
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr

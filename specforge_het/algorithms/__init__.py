@@ -17,7 +17,7 @@ from ..config.schema import ConfigError, closest
 @dataclass
 class Algorithm:
     name: str
-    loss: Callable  # (drafter, batch, algorithm_cfg, training) → (loss, metrics)
+    loss: Callable  # (drafter, batch, algorithm_cfg, training[, sp]) → (loss, metrics)
     build: Callable  # (base, modeling_cfg, feature_layers, meta, draft_vocab) → drafter
     # (num_base_layers, configured aux ids) → base block ids the drafter reads; None = the last hidden state only.
     feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
@@ -25,6 +25,8 @@ class Algorithm:
     modeling_keys: tuple = ()
     # Whether its loss keeps packed conversations apart (data.packing: segment_ids / position_ids in the batch).
     packs: bool = False
+    # Whether its loss takes `sp=` and trains only this process's rows of each sequence (training.sequence_parallel).
+    sequence_parallel: bool = False
 
 
 _REGISTRY: dict[str, Algorithm] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config.schema import ConfigError
 from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
 from . import Algorithm, register
 from .head_loss import fused_head_loss, teacher_once
@@ -20,29 +21,42 @@ from .losses import distribution_loss, masked_mean, top1_hits
 from .unroll import drafter_features, packed, shifted, target_mask, unroll
 
 
-def eagle3_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+def eagle3_loss(drafter, batch: dict, alg, training: bool = True, sp=None) -> tuple[torch.Tensor, dict]:
     """The TTT loss with the teacher computed once and the head's logits fused into the loss (head_loss.py): the
-    same value and gradients as `eagle3_loss_per_step`, without k × rows × vocabulary activations."""
+    same value and gradients as `eagle3_loss_per_step`, without k × rows × vocabulary activations.
+    `sp` (sequence parallelism, modeling/sequence_parallel.py): this rank computes its rows' share of the batch's
+    loss, scaled so that data parallel's gradient average is the whole batch's gradient; metrics are the group's."""
     if partitioned(drafter.head.weight):  # ZeRO-3 gathers the head's weight only inside its own forward
+        if sp is not None:
+            raise ConfigError("training.sequence_parallel does not combine with DeepSpeed ZeRO-3 (use FSDP2)")
         return eagle3_loss_per_step(drafter, batch, alg, training)
     ids, last = batch["input_ids"], batch["hidden"]
     rows = ids.shape[1] - 1
     dtype = drafter.fc.weight.dtype
+    if sp is None:
+        start, count = 0, rows
+    else:  # my rows' teacher: targets reach `ttt_length` rows past my last row
+        start, count = sp.rows(rows)
+        last = shifted(last, start, count + alg.ttt_length)
     teacher, in_vocab = teacher_once(drafter, last)
     total = torch.zeros((), device=ids.device)
     metrics, divergence = {}, distribution_loss(alg.loss)
-    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch)):
-        n = rows - i  # rows whose step-i target (row t + 1 + i) exists; the rest have no loss and no metric
-        m, inside = target_mask(batch, 1 + i, rows)[:, :n].to(dtype), in_vocab[:, 1 + i:]
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch), sp):
+        n = min(count, teacher.shape[1] - 1 - i)  # rows whose step-i target (row t + 1 + i) exists
+        m = shifted(target_mask(batch, 1 + i, rows), start, count)[:, :n].to(dtype)
+        inside = in_vocab[:, 1 + i:1 + i + n]
         weight = m * inside.to(dtype)
-        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:], weight, m,
-                                         divergence)
-        ploss = loss_sum / weight.sum().clamp_min(1.0)  # masked_mean over the full rows
+        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:1 + i + n],
+                                         weight, m, divergence)
+        stats = [weight.sum(), (hits & inside).to(dtype).sum(), m.sum()]
+        weight_sum, hit_count, trained = stats if sp is None else sp.sum(*stats)
+        ploss = loss_sum / weight_sum.clamp_min(1.0)  # masked_mean over the full rows (the group's, under sp)
         total = total + alg.ttt_decay ** i * ploss
-        metrics[f"acc_{i}"] = (hits & inside).to(dtype).sum() / m.sum().clamp_min(1.0)
-        metrics[f"ploss_{i}"] = ploss.detach()
+        metrics[f"acc_{i}"] = hit_count / trained.clamp_min(1.0)
+        metrics[f"ploss_{i}"] = ploss.detach() if sp is None else sp.sum(ploss)[0]
     metrics["acc"] = metrics["acc_0"]
-    return total, metrics
+    # Data parallel averages gradients over every process: × group size makes the group's average the sum of shares.
+    return (total, metrics) if sp is None else (total * sp.size, metrics)
 
 
 def eagle3_loss_per_step(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -84,4 +98,4 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output"),
-                   packs=True))
+                   packs=True, sequence_parallel=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data.packing import segments_of
+from ..modeling.sequence_parallel import NAME as SEQUENCE_PARALLEL
 from ..modeling.ttt_attention import SEGMENTS
 
 
@@ -54,20 +55,31 @@ def on_tokens(drafter) -> bool:
     return drafter.token_only or getattr(drafter, "unrolls_on_tokens", False)
 
 
-def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int, packing: dict | None = None):
+def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int, packing: dict | None = None,
+           sp=None):
     """Yields (step i, outputs [B, L−1, ·]) for i = 0..steps−1, each step fed the previous step's outputs.
     `packing` (from `packed(batch)`): rows holding several conversations — positions restart and attention stays
-    inside each one."""
+    inside each one. `sp` (a modeling.sequence_parallel.SequenceParallel): this rank's rows `sp.rows(L−1)` only,
+    attending over the whole sequence through the group."""
     rows = input_ids.shape[1] - 1
     if on_tokens(drafter):  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
+        if sp is not None:
+            from ..config.schema import ConfigError
+
+            raise ConfigError("training.sequence_parallel: drafters unrolled on tokens alone (no base features) "
+                              "run their plain forward; use 1")
         full = drafter.token_states(input_ids, packing)
         for i in range(steps):
             yield i, shifted(full, 1 + i, rows)
         return
-    hidden = features[:, :rows]
+    start, count = sp.rows(rows) if sp is not None else (0, rows)
     base_pos, state = row_layout(packing, rows, input_ids.shape[0], input_ids.device)
+    if sp is not None:  # my rows (zero past the end: the last rank's padding, after every real row)
+        base_pos, state = shifted(base_pos, start, count), {**state, SEQUENCE_PARALLEL: sp}
+    hidden = shifted(features, start, count)
     for i in range(steps):
-        out = drafter(hidden, shifted(input_ids, 1 + i, rows), base_pos + i, from_base=i == 0, ttt_state=state)
+        out = drafter(hidden, shifted(input_ids, start + 1 + i, count), base_pos + i, from_base=i == 0,
+                      ttt_state=state)
         yield i, out
         hidden = out
 

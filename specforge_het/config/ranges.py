@@ -51,6 +51,7 @@ RANGES: dict[str, Range] = {
     "training.save_steps": AT_LEAST_1, "training.save_total_limit": AT_LEAST_1,
     "training.dataloader_num_workers": AT_LEAST_0, "training.eval_fraction": FRACTION,
     "training.eval_steps": AT_LEAST_1, "training.eval_depth": AT_LEAST_1,
+    "training.sequence_parallel": AT_LEAST_1,
     "inference.depth": AT_LEAST_1, "inference.top_k": AT_LEAST_1, "inference.total_tokens": AT_LEAST_1,
     "inference.budget": Range(1, 4096), "inference.budget_rounds": AT_LEAST_1, "inference.max_new_tokens": AT_LEAST_1,
     "inference.num_prompts": AT_LEAST_1, "inference.prompt_offset": AT_LEAST_0, "inference.temperature": AT_LEAST_0,

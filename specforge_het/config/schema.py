@@ -145,6 +145,9 @@ class TrainingSection:
     # cpu_offload, wrap ("layers": each draft decoder layer its own unit, "none": the drafter as one unit).
     # None = off. Launch with several processes, like deepspeed.
     fsdp: Optional[dict] = None
+    # Sequence parallelism (Ulysses): groups of this many processes split every sequence's rows; attention meets
+    # through all-to-all over heads. 1 = off. Must divide the processes launched and the drafter's heads; EAGLE-3.
+    sequence_parallel: int = 1
     # In-training evaluation on a held-out split: per-step accuracy and the simulated τ of chain drafting.
     eval_fraction: float = 0.0  # share of the dataset held out (0 = no evaluation)
     eval_steps: int = 100

@@ -11,7 +11,9 @@ carries its diagonal score s_j(t) = q_t·k_j(t)·scale in those dimensions. Soft
 keys and the i diagonal scores together; the sink outputs are the diagonal weights, which multiply each row's
 own v_j(t). Exact, differentiable, O(L·(d+i)) memory per step.
 `ttt_state` (a dict, fresh per unrolled forward) keeps each layer's per-step keys and values, and for packed rows
-(several conversations per row) their spans under `SEGMENTS`: attention then runs per conversation.
+(several conversations per row) their spans under `SEGMENTS`: attention then runs per conversation. Under sequence
+parallelism (`sequence_parallel.NAME`: each rank holds a slice of the rows) the query, keys and values go to a
+head-split, whole-sequence layout first and the output comes back (modeling/sequence_parallel.py).
 
 Registered as the attention implementation "specforge_ttt" of every draft layer: without a `ttt_state` it is
 plain SDPA (inference with tree masks, single-step training). Draft layers of families with attention logit
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .sequence_parallel import NAME as SEQUENCE_PARALLEL
 
 NAME = "specforge_ttt"
 SEGMENTS = "segments"  # ttt_state key: per row, the [start, end) spans of packed conversations
@@ -57,14 +61,20 @@ def ttt_attention_forward(module, query, key, value, attention_mask, dropout: fl
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    sp = ttt_state.get(SEQUENCE_PARALLEL)
+    if sp is not None:  # my rows, every head → every row, my heads
+        query, key, value = sp.seq_to_heads(query), sp.seq_to_heads(key), sp.seq_to_heads(value)
     steps = ttt_state.setdefault(module.layer_idx, [])  # one list of (key, value) per unroll step, per layer
-    steps.append((_repeat_kv(key, groups), _repeat_kv(value, groups)))
+    steps.append((key, value))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     keys, values = [k for k, _ in steps], [v for _, v in steps]
     if SEGMENTS in ttt_state:  # packed rows: causal attention inside each conversation only
         out = segmented_attention(query, keys, values, scale, ttt_state[SEGMENTS])
     else:
         out = unrolled_attention(query, keys, values, scale)
+    if sp is not None:
+        out = sp.heads_to_seq(out)
     return out.transpose(1, 2).contiguous(), None
 
 
