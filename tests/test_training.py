@@ -369,3 +369,16 @@ def test_sequence_parallel_misuse_is_one_line(eagle3_config, saved_config, tmp_p
         proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("system", ["specforge_het", "specforge"])
+def test_peer_benchmark_arms_train_and_score(eagle3_config, system):
+    """bench.peer_train's arms on the tiny EAGLE-3 dataset: both train on the same batches and score each draft
+    position (the SpecForge arm only where SpecForge is installed; the bench installs nothing)."""
+    from specforge_het.bench.peer_train import run_arm
+
+    if system == "specforge":
+        pytest.importorskip("specforge", reason="SpecForge is not installed here (bench.peer_train's peer arm)")
+    row = run_arm(system, ["--use_saved_json_config", str(eagle3_config)], steps=4, eval_batches=2)
+    assert row["system"] == system and len(row["acc"]) == 3 and all(0 <= a <= 1 for a in row["acc"])
+    assert row["tokens_per_s"] > 0 and row["peak_mib"] > 0 and math.isfinite(row["loss_last"])

@@ -48,33 +48,45 @@ def naive_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     return (scores.softmax(-1) @ values).transpose(1, 2).contiguous(), None
 
 
-def one_step(length: int, impl: str, ttt: int, vocab: int) -> dict:
+WIDTH = 256  # the bench drafter's width (and its base's)
+
+
+def bench_drafter(vocab: int, impl: str = "ours"):
+    """The fixed tiny EAGLE-3 drafter of this bench (seeded), its base parts attached."""
     from transformers import AttentionInterface, LlamaConfig
 
-    from ..algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
-    from ..config.schema import AlgorithmSection
     from ..modeling.eagle3 import Eagle3Drafter
 
-    AttentionInterface.register(NAIVE, naive_attention)
     torch.manual_seed(0)
-    torch.set_num_threads(2)
-    width = 256
-    cfg = LlamaConfig(hidden_size=width, intermediate_size=704, num_hidden_layers=1, num_attention_heads=8,
-                      num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=8192)
-    drafter = Eagle3Drafter(cfg, width, vocab, width, own_lm_head=True, feature_layers=[0, 1, 2])
+    cfg = LlamaConfig(hidden_size=WIDTH, intermediate_size=704, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=65536)
+    drafter = Eagle3Drafter(cfg, WIDTH, vocab, WIDTH, own_lm_head=True, feature_layers=[0, 1, 2])
     if impl == "naive":
+        AttentionInterface.register(NAIVE, naive_attention)
         drafter.midlayer.self_attn.config._attn_implementation = NAIVE
-    embed, head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab, bias=False)
+    embed, head = torch.nn.Embedding(vocab, WIDTH), torch.nn.Linear(WIDTH, vocab, bias=False)
     drafter.attach_base(embed.requires_grad_(False), head.requires_grad_(False))
-    def batch_of(n: int) -> dict:
-        return {"input_ids": torch.randint(0, vocab, (1, n)), "hidden": torch.randn(1, n, width),
-                "aux_hidden": torch.randn(1, n, 3 * width), "loss_mask": torch.ones(1, n, dtype=torch.long)}
+    return drafter
 
+
+def random_batch(n: int, vocab: int, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab, (1, n), generator=g),
+            "hidden": torch.randn(1, n, WIDTH, generator=g), "aux_hidden": torch.randn(1, n, 3 * WIDTH, generator=g),
+            "loss_mask": torch.ones(1, n, dtype=torch.long)}
+
+
+def one_step(length: int, impl: str, ttt: int, vocab: int) -> dict:
+    from ..algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
+    from ..config.schema import AlgorithmSection
+
+    torch.set_num_threads(2)
+    drafter = bench_drafter(vocab, impl)
     loss_fn = eagle3_loss if impl == "ours" else eagle3_loss_per_step
     alg = AlgorithmSection(name="eagle3", ttt_length=ttt)
-    loss_fn(drafter, batch_of(32), alg)[0].backward()  # warm-up: first-call allocations and kernel selection
+    loss_fn(drafter, random_batch(32, vocab), alg)[0].backward()  # warm-up: first-call allocations and kernel selection
     drafter.zero_grad(set_to_none=True)
-    batch = batch_of(length)
+    batch = random_batch(length, vocab)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     loss, _ = loss_fn(drafter, batch, alg)
