@@ -180,6 +180,9 @@ class InferenceSection:
     # float32: the final norm + lm_head of every decode and verify forward in fp32 over a bf16/fp16 base (fewer
     # rounding ties); model: as the base computes them.
     verify_precision: Literal["model", "float32"] = "model"
+    # torch.compile the base's decode/verify forward and the drafter's forward (inductor, dynamic shapes): the same
+    # tokens, less per-call overhead; costs a compilation (about a minute on CPU) at start-up. Eager when false.
+    compile: bool = False
     # Lossless check on a bf16/fp16 base: a divergence from the reference is a near-tie (passes) when the base's two
     # tokens are within this many ulps of its dtype in every shape (inference/divergence.py); else it fails.
     near_tie_ulps: float = 2.0

@@ -53,10 +53,19 @@ def load_pair(cfg: RunConfig):
 
     if inf.verify_precision not in ("model", "float32"):
         raise ConfigError(f"inference.verify_precision: expected model or float32, got {inf.verify_precision!r}")
+    if inf.compile:
+        from .compiled import check_compilable
+
+        check_compilable(list(cfg.plugins.enabled or []), inf.verify_precision)
     base = load_base(cfg.base)
     if inf.verify_precision == "float32":
         base.head_dtype = torch.float32
-    return base, build_speculator(cfg, base), sampling
+    speculator = build_speculator(cfg, base)
+    if inf.compile:
+        from .compiled import compile_for_decoding
+
+        compile_for_decoding(base, speculator.drafter)
+    return base, speculator, sampling
 
 
 def eos_ids(base) -> set[int]:

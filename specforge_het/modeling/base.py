@@ -95,6 +95,14 @@ class FrozenBase:
     # inference.verify_precision: the final norm and lm_head of every decode/verify forward in this dtype (float32
     # over a bf16/fp16 base); None = the model's own dtype, exactly as HF computes them.
     head_dtype: torch.dtype | None = None
+    # inference.compile: the model's forward through torch.compile (see compile()); None = eager.
+    compiled: torch.nn.Module | None = None
+
+    def compile(self) -> None:
+        """Run decode and verify forwards through torch.compile (inductor; dynamic shapes, so the growing cache and
+        every tree size share one graph). Base features then come from the model's own recorded hidden states."""
+        if self.compiled is None:
+            self.compiled = torch.compile(self.model, dynamic=True)
 
     @property
     def config(self):
@@ -132,6 +140,15 @@ class FrozenBase:
         `feature_layers` the outputs of those decoder blocks concatenated on the feature axis (EAGLE-3)."""
         if self.head_dtype is not None and self.head_dtype != self.dtype:
             return self._forward_precise_head(input_ids, attention_mask, position_ids, past_key_values, feature_layers)
+        # Compiled: hidden_states[k + 1] is block k's output, except the last block's (the final norm's output
+        # replaces it), which only forward hooks can read.
+        if self.compiled is not None and self.num_layers - 1 not in (feature_layers or ()):
+            out = self.compiled(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                past_key_values=past_key_values, use_cache=past_key_values is not None,
+                                output_hidden_states=True)
+            if feature_layers:
+                return torch.cat([out.hidden_states[k + 1] for k in feature_layers], dim=-1), out.logits
+            return out.hidden_states[-1], out.logits
         with self._capturing(feature_layers or ()) as captured:
             out = self.model(
                 input_ids=input_ids,
