@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 def compile_for_decoding(base, drafter=None) -> None:
     """Compile the base's forward and, when given, the drafter's (idempotent)."""
+    # Graphs specialise on what dynamic shapes cannot cover (batch or query length 1 against more, an empty cache,
+    # masks given or not): a handful per function, more than dynamo's default limit of 8 over a server's life.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     base.compile()
     if drafter is not None and not getattr(drafter, "compiled_forward", False):
         drafter.forward = torch.compile(drafter.forward, dynamic=True)  # an instance attribute: weights unchanged

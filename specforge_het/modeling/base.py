@@ -140,9 +140,11 @@ class FrozenBase:
         `feature_layers` the outputs of those decoder blocks concatenated on the feature axis (EAGLE-3)."""
         if self.head_dtype is not None and self.head_dtype != self.dtype:
             return self._forward_precise_head(input_ids, attention_mask, position_ids, past_key_values, feature_layers)
-        # Compiled: hidden_states[k + 1] is block k's output, except the last block's (the final norm's output
-        # replaces it), which only forward hooks can read.
-        if self.compiled is not None and self.num_layers - 1 not in (feature_layers or ()):
+        # Compiled: decode and verify steps (the prefill, once per sequence and into an empty cache, stays eager:
+        # another graph for no gain). hidden_states[k + 1] is block k's output, except the last block's (the final
+        # norm's output replaces it), which only forward hooks can read.
+        if (self.compiled is not None and self.num_layers - 1 not in (feature_layers or ())
+                and past_key_values is not None and past_key_values.get_seq_length() > 0):
             out = self.compiled(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=past_key_values, use_cache=past_key_values is not None,
                                 output_hidden_states=True)

@@ -1,0 +1,133 @@
+"""What one speculative iteration costs in base steps, eager against torch.compile, per strategy and batch size.
+
+    python -m specforge_het.bench.iteration_cost [--bases demo,1b] [--modes eager,compiled] [--batch-sizes 1,4]
+        [--new-tokens 48] [--prompts 4] [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
+
+Bases: `demo` (the project's demo Llama, output/demo_base: run the README's main job first) and `1b` (a random
+Llama-3.2-1B-shaped base, bench.forced_acceptance's). Each gets a random EAGLE-2 drafter and forced acceptance (every
+verify step accepts the path to its tree's deepest node), so chain / tree / budget iterations run at full depth
+whatever the weights. Per (base, mode, batch size): the base-only decode of the same prompts (its median step is the
+base step), then each strategy; `iter/step` = median iteration time ÷ median base step (τ ÷ iter/step ≈ the speedup).
+`compiled` = inference.compile (inference/compiled.py): the base's and the drafter's forwards through torch.compile,
+warmed up (compiled) before anything is timed. Medians, not means: single slow calls (a recompilation, the OS) do
+not move them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..inference.compiled import compile_for_decoding
+from ..inference.engine import base_decode_batch, speculative_decode_batch
+from ..modeling.drafter import build_drafter
+from .forced_acceptance import STRATEGIES, random_base
+
+log = logging.getLogger(__name__)
+
+BASES = ("demo", "1b")
+MODES = ("eager", "compiled")
+DEMO_BASE = Path("output/demo_base")
+
+
+def load(name: str, device: str, dtype: torch.dtype):
+    """(base, random EAGLE-2 drafter, vocabulary size) for a bench base."""
+    if name == "1b":
+        base = random_base(16, device, dtype, sharpen=10.0)
+    else:
+        from ..config.schema import BaseSection
+        from ..modeling.base import load_base
+
+        if not (DEMO_BASE / "config.json").is_file():
+            raise SystemExit(f"bench.iteration_cost: {DEMO_BASE} is missing; run the README's main job first "
+                             "(bash demo/run_pipeline.sh), or use --bases 1b")
+        base = load_base(BaseSection(model_name_or_path=str(DEMO_BASE), dtype=str(dtype).removeprefix("torch."),
+                                     device=device))
+    torch.manual_seed(1)
+    drafter = build_drafter(base).to(device=device, dtype=dtype).eval()
+    return base, drafter, base.vocab_size
+
+
+def median_step(runs) -> float:
+    return statistics.median(s for r in runs for s in r.iteration_seconds)
+
+
+def measure(base, drafter, prompts: list[list[int]], batch_size: int, new_tokens: int) -> list[dict]:
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    base_decode_batch(base, batches[0], 8, set())  # warm-up (and, compiled, the compilation)
+    t0 = time.perf_counter()
+    base_runs = [r for b in batches for r in base_decode_batch(base, b, new_tokens, set())]
+    base_step, base_wall = median_step(base_runs), time.perf_counter() - t0
+    rows = []
+    for name, params in STRATEGIES.items():
+        speculative_decode_batch(base, drafter, batches[0], 8, set(), **params, force_accept=True)  # warm-up
+        t0 = time.perf_counter()
+        runs = [r for b in batches for r in speculative_decode_batch(base, drafter, b, new_tokens, set(), **params,
+                                                                     force_accept=True)]
+        wall = time.perf_counter() - t0
+        iteration = median_step(runs)
+        tau = sum(r.emitted for r in runs) / max(1, sum(r.steps for r in runs))
+        rows.append({"strategy": name, "batch_size": batch_size, "base_step_ms": 1e3 * base_step,
+                     "iteration_ms": 1e3 * iteration, "iter_over_base_step": iteration / base_step, "tau": tau,
+                     "speedup": base_wall / wall})
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--bases", default="demo,1b", help="comma-separated, of: " + ", ".join(BASES))
+    ap.add_argument("--modes", default="eager,compiled", help="comma-separated, of: " + ", ".join(MODES))
+    ap.add_argument("--batch-sizes", default="1,4")
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    bases, modes = [b for b in args.bases.split(",") if b], [m for m in args.modes.split(",") if m]
+    for given, allowed, flag in ((bases, BASES, "--bases"), (modes, MODES, "--modes")):
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            raise SystemExit(f"bench.iteration_cost: {flag}: unknown {', '.join(unknown)}; expected some of "
+                             f"{', '.join(allowed)}")
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for name in bases:
+        base, drafter, vocab = load(name, args.device, dtype)
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(10, vocab - 10, (int(n),), generator=g).tolist()
+                   for n in torch.randint(32, 128, (args.prompts,), generator=g)]
+        for mode in modes:
+            if mode == "compiled":  # after eager: the same weights, now compiled
+                t0 = time.perf_counter()
+                compile_for_decoding(base, drafter)
+                base_decode_batch(base, prompts[:1], 4, set())
+                log.info(f"{name}: compiled in {time.perf_counter() - t0:.0f} s (first calls)")
+            for bs in (int(b) for b in args.batch_sizes.split(",")):
+                for row in measure(base, drafter, prompts, bs, args.new_tokens):
+                    rows.append({"base": name, "mode": mode, **row})
+                    r = rows[-1]
+                    log.info(f"  {name} {mode} batch {bs} {r['strategy']}: iter/step {r['iter_over_base_step']:.2f}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    log.info(f"\nforced acceptance, {args.prompts} prompts × {args.new_tokens} new tokens, {args.dtype}, {where}")
+    log.info(f"{'base':<5} {'mode':<9} {'batch':>5} {'strategy':<7} {'base step ms':>12} {'iter ms':>8} "
+             f"{'iter/step':>9} {'tau':>5} {'speedup':>7}")
+    for r in rows:
+        log.info(f"{r['base']:<5} {r['mode']:<9} {r['batch_size']:>5} {r['strategy']:<7} {r['base_step_ms']:>12.2f} "
+                 f"{r['iteration_ms']:>8.2f} {r['iter_over_base_step']:>9.2f} {r['tau']:>5.2f} {r['speedup']:>6.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": where, "dtype": args.dtype, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    from ..utils.logs import setup_logging
+
+    setup_logging()
+    main()
