@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import comma_choices
 from ..inference.compiled import compile_for_decoding
 from ..inference.engine import base_decode_batch, speculative_decode_batch
 from ..modeling.drafter import build_drafter
@@ -89,12 +90,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    bases, modes = [b for b in args.bases.split(",") if b], [m for m in args.modes.split(",") if m]
-    for given, allowed, flag in ((bases, BASES, "--bases"), (modes, MODES, "--modes")):
-        unknown = sorted(set(given) - set(allowed))
-        if unknown:
-            raise SystemExit(f"bench.iteration_cost: {flag}: unknown {', '.join(unknown)}; expected some of "
-                             f"{', '.join(allowed)}")
+    bases = comma_choices(args.bases, BASES, "bench.iteration_cost: --bases")
+    modes = comma_choices(args.modes, MODES, "bench.iteration_cost: --modes")
     dtype = getattr(torch, args.dtype)
     rows = []
     for name in bases:

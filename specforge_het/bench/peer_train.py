@@ -38,6 +38,8 @@ import types
 
 import torch
 
+from . import comma_choices
+
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("specforge_het", "specforge")
@@ -179,13 +181,9 @@ def main(argv=None) -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: the system this subprocess trains
     args, rest = ap.parse_known_args(argv)
     if args.one:
-        print(json.dumps(run_arm(args.one, rest, args.steps, args.eval_batches)))
+        log.info(json.dumps(run_arm(args.one, rest, args.steps, args.eval_batches)))  # the parent reads it
         return
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = sorted(set(systems) - set(SYSTEMS))
-    if unknown:
-        raise SystemExit(f"bench.peer_train: --systems: unknown {', '.join(unknown)}; expected some of "
-                         f"{', '.join(SYSTEMS)}")
+    systems = comma_choices(args.systems, SYSTEMS, "bench.peer_train: --systems")
     rows = []
     for system in systems:
         python = args.peer_python if system == "specforge" else sys.executable

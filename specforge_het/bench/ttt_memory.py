@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from . import comma_choices
+
 log = logging.getLogger(__name__)
 
 NAIVE = "specforge_ttt_naive"
@@ -109,11 +111,7 @@ def main(argv=None) -> None:
         length, impl = args.one.split(",")
         log.info(json.dumps(one_step(int(length), impl, args.ttt, args.vocab)))
         return
-    impls = [i for i in args.impls.split(",") if i]
-    unknown = sorted(set(impls) - set(IMPLS))
-    if unknown:
-        raise SystemExit(f"bench.ttt_memory: --impls: unknown {', '.join(unknown)}; "
-                         f"expected some of {', '.join(IMPLS)}")
+    impls = comma_choices(args.impls, IMPLS, "bench.ttt_memory: --impls")
     rows = []
     for impl in impls:
         for length in (int(x) for x in args.lengths.split(",")):
