@@ -160,7 +160,7 @@ def run_arm(system: str, argv: list[str], steps: int, eval_batches: int) -> dict
         if i >= 2:  # the first steps pay one-time allocations
             seconds += time.perf_counter() - t0
             tokens += int(batch["attention_mask"].sum())
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     sums = None
     with torch.no_grad():
         for batch in held_out:
