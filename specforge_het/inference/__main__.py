@@ -54,10 +54,13 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     out_dir = Path(inf.output_dir)
     save_resolved_config(cfg, out_dir, "inference", presets)
 
-    # Warm-up (first calls pay for allocation and kernel selection), then every decoder on every prompt.
+    # Warm-up (first calls pay for allocation and kernel selection), then every decoder on every prompt. Compiled,
+    # every strategy's shapes are compiled here, outside the timed runs.
     warm = prompts[: inf.batch_size]
-    base_decode_batch(base, warm, 4, eos, sampling)
-    speculate(warm, 4, eos, **strategy_params(cfg, strategies[0]), sampling=sampling)
+    warm_tokens = 16 if inf.compile else 4
+    base_decode_batch(base, warm, warm_tokens, eos, sampling)
+    for s in strategies if inf.compile else strategies[:1]:
+        speculate(warm, warm_tokens, eos, **strategy_params(cfg, s), sampling=sampling)
     with PeakMemory(base.device) as base_mem:
         base_runs = decode_batches(lambda ps: base_decode_batch(base, ps, inf.max_new_tokens, eos, sampling),
                                    prompts, inf.batch_size, "base-only decoding")
