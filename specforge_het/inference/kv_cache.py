@@ -32,8 +32,11 @@ def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
         layer.values = layer.values.index_select(0, rows)
 
 
-def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Drop every slot from `length` on (the drafter's tree entries after a round)."""
+def crop_cache(cache: DynamicCache, length: int, contiguous: bool = False) -> None:
+    """Drop every slot from `length` on (the drafter's tree entries after a round). `contiguous`: copy the kept
+    slots into their own storage (a compiled drafter's graphs are specialised on strides; a view's would change)."""
     for layer in cache.layers:
         layer.keys = layer.keys[..., :length, :]
         layer.values = layer.values[..., :length, :]
+        if contiguous:
+            layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()

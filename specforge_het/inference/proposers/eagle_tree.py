@@ -37,7 +37,7 @@ class TreeProposer:
         self.root_pos = root_pos
         tree = expand_tree(self.drafter, root, self.last_feat, self.cache, self.valid, root_pos, self.depth,
                            self.top_k, self.total_tokens, self.best_first, sampling, gen)
-        crop_cache(self.cache, self.valid.shape[1])
+        crop_cache(self.cache, self.valid.shape[1], contiguous=getattr(self.drafter, "compiled_forward", False))
         return tree
 
     def commit(self, hidden, next_tokens, lens) -> None:
