@@ -48,12 +48,12 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True, sp=None) -> tu
         weight = m * inside.to(dtype)
         loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:1 + i + n],
                                          weight, m, divergence)
-        stats = [weight.sum(), (hits & inside).to(dtype).sum(), m.sum()]
-        weight_sum, hit_count, trained = stats if sp is None else sp.sum(*stats)
+        stats = [weight.sum(), (hits & inside).to(dtype).sum(), m.sum(), loss_sum.detach()]
+        weight_sum, hit_count, trained, group_loss = stats if sp is None else sp.sum(*stats)  # one all-reduce
         ploss = loss_sum / weight_sum.clamp_min(1.0)  # masked_mean over the full rows (the group's, under sp)
         total = total + alg.ttt_decay ** i * ploss
         metrics[f"acc_{i}"] = hit_count / trained.clamp_min(1.0)
-        metrics[f"ploss_{i}"] = ploss.detach() if sp is None else sp.sum(ploss)[0]
+        metrics[f"ploss_{i}"] = group_loss / weight_sum.clamp_min(1.0)
     metrics["acc"] = metrics["acc_0"]
     # Data parallel averages gradients over every process: × group size makes the group's average the sum of shares.
     return (total, metrics) if sp is None else (total * sp.size, metrics)

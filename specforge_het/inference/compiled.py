@@ -8,13 +8,9 @@ and CUDA graphs (`mode="reduce-overhead"` needs fixed shapes per bucket).
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from ..config.schema import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def compile_for_decoding(base, drafter=None) -> None:

@@ -146,8 +146,7 @@ class FrozenBase:
         if (self.compiled is not None and self.num_layers - 1 not in (feature_layers or ())
                 and past_key_values is not None and past_key_values.get_seq_length() > 0):
             out = self.compiled(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, use_cache=past_key_values is not None,
-                                output_hidden_states=True)
+                                past_key_values=past_key_values, use_cache=True, output_hidden_states=True)
             if feature_layers:
                 return torch.cat([out.hidden_states[k + 1] for k in feature_layers], dim=-1), out.logits
             return out.hidden_states[-1], out.logits
