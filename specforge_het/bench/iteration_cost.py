@@ -1,6 +1,7 @@
-"""What one speculative iteration costs in base steps, eager against torch.compile, per strategy and batch size.
+"""What one speculative iteration costs in base steps, eager against compiled and CUDA graphs, per strategy and batch.
 
-    python -m specforge_het.bench.iteration_cost [--bases demo,1b] [--modes eager,compiled] [--batch-sizes 1,4]
+    python -m specforge_het.bench.iteration_cost [--bases demo,1b] [--modes eager,static,compiled,graphs]
+        [--batch-sizes 1,4]
         [--new-tokens 48] [--prompts 4] [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
 
 Bases: `demo` (the project's demo Llama, output/demo_base: run the README's main job first) and `1b` (a random
@@ -8,13 +9,19 @@ Llama-3.2-1B-shaped base, bench.forced_acceptance's). Each gets a random EAGLE-2
 verify step accepts the path to its tree's deepest node), so chain / tree / budget iterations run at full depth
 whatever the weights. Per (base, mode, batch size): the base-only decode of the same prompts (its median step is the
 base step), then each strategy; `iter/step` = median iteration time ÷ median base step (τ ÷ iter/step ≈ the speedup).
-`compiled` = inference.compile (inference/compiled.py): the base's and the drafter's forwards through torch.compile,
-warmed up (compiled) before anything is timed. Medians, not means: single slow calls (a recompilation, the OS) do
-not move them.
+Modes (each on the same weights; the drafter is copied for the compiled ones):
+  eager     growing HF caches, eager forwards (the default path)
+  static    inference.static_cache: pre-allocated caches with in-place compaction (slot_cache.py), eager
+  compiled  inference.compile: torch.compile with dynamic shapes over growing caches
+  graphs    both: static caches, static graphs per shape bucket; on CUDA captured as CUDA graphs (reduce-overhead)
+Compiled modes are warmed up (compiled, captured) before anything is timed. Medians, not means: single slow calls (a
+recompilation, the OS) do not move them.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
 import statistics
@@ -32,7 +39,7 @@ from .forced_acceptance import STRATEGIES, random_base
 log = logging.getLogger(__name__)
 
 BASES = ("demo", "1b")
-MODES = ("eager", "compiled")
+MODES = ("eager", "static", "compiled", "graphs")
 DEMO_BASE = Path("output/demo_base")
 
 
@@ -54,19 +61,36 @@ def load(name: str, device: str, dtype: torch.dtype):
     return base, drafter, base.vocab_size
 
 
+def in_mode(base, drafter, mode: str):
+    """(base, drafter) set up for a mode: the same model weights; compiled modes get their own drafter copy (its
+    compiled forward is an instance attribute) and their own compiled wrapper of the base."""
+    static = mode in ("static", "graphs")
+    base = dataclasses.replace(base, compiled=None, static_cache=static)
+    if mode in ("compiled", "graphs"):
+        drafter = copy.deepcopy(drafter)
+        compile_for_decoding(base, drafter)
+    return base, drafter
+
+
 def median_step(runs) -> float:
     return statistics.median(s for r in runs for s in r.iteration_seconds)
 
 
 def measure(base, drafter, prompts: list[list[int]], batch_size: int, new_tokens: int) -> list[dict]:
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
-    base_decode_batch(base, batches[0], 8, set())  # warm-up (and, compiled, the compilation)
+    # Warm-up: compiled modes run everything once first (every shape bucket gets compiled / captured outside the
+    # timed runs); eager ones a short run.
+    compiled = base.compiled is not None
+    warm_batches, warm_tokens = (batches, new_tokens) if compiled else (batches[:1], 8)
+    for b in warm_batches:
+        base_decode_batch(base, b, warm_tokens, set())
     t0 = time.perf_counter()
     base_runs = [r for b in batches for r in base_decode_batch(base, b, new_tokens, set())]
     base_step, base_wall = median_step(base_runs), time.perf_counter() - t0
     rows = []
     for name, params in STRATEGIES.items():
-        speculative_decode_batch(base, drafter, batches[0], 8, set(), **params, force_accept=True)  # warm-up
+        for b in warm_batches:
+            speculative_decode_batch(base, drafter, b, warm_tokens, set(), **params, force_accept=True)
         t0 = time.perf_counter()
         runs = [r for b in batches for r in speculative_decode_batch(base, drafter, b, new_tokens, set(), **params,
                                                                      force_accept=True)]
@@ -100,13 +124,12 @@ def main(argv=None) -> list[dict]:
         prompts = [torch.randint(10, vocab - 10, (int(n),), generator=g).tolist()
                    for n in torch.randint(32, 128, (args.prompts,), generator=g)]
         for mode in modes:
-            if mode == "compiled":  # after eager: the same weights, now compiled
-                t0 = time.perf_counter()
-                compile_for_decoding(base, drafter)
-                base_decode_batch(base, prompts[:1], 4, set())
-                log.info(f"{name}: compiled in {time.perf_counter() - t0:.0f} s (first calls)")
+            run_base, run_drafter = in_mode(base, drafter, mode)
             for bs in (int(b) for b in args.batch_sizes.split(",")):
-                for row in measure(base, drafter, prompts, bs, args.new_tokens):
+                t0 = time.perf_counter()
+                cost = measure(run_base, run_drafter, prompts, bs, args.new_tokens)
+                log.info(f"{name} {mode} batch {bs}: {time.perf_counter() - t0:.0f} s with warm-ups")
+                for row in cost:
                     rows.append({"base": name, "mode": mode, **row})
                     r = rows[-1]
                     log.info(f"  {name} {mode} batch {bs} {r['strategy']}: iter/step {r['iter_over_base_step']:.2f}")

@@ -183,6 +183,10 @@ class InferenceSection:
     # torch.compile the base's decode/verify forward and the drafter's forward (inductor, dynamic shapes): the same
     # tokens, less per-call overhead; costs a compilation (about a minute on CPU) at start-up. Eager when false.
     compile: bool = False
+    # Pre-allocated KV caches of fixed shapes with in-place tree compaction (inference/slot_cache.py): the same
+    # tokens; what compiled graphs need to stay static (with compile on CUDA: CUDA graphs). Attention then reads the
+    # whole capacity every step, so eager CPU decoding is slower with it.
+    static_cache: bool = False
     # Lossless check on a bf16/fp16 base: a divergence from the reference is a near-tie (passes) when the base's two
     # tokens are within this many ulps of its dtype in every shape (inference/divergence.py); else it fails.
     near_tie_ulps: float = 2.0

@@ -55,9 +55,10 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     save_resolved_config(cfg, out_dir, "inference", presets)
 
     # Warm-up (first calls pay for allocation and kernel selection), then every decoder on every prompt. Compiled,
-    # every strategy's shapes are compiled here, outside the timed runs.
+    # every strategy's shapes are compiled here, outside the timed runs; over static caches the capacity bucket
+    # counts max_new_tokens, so the warm-up decodes as many (other batches may still fall in another bucket).
     warm = prompts[: inf.batch_size]
-    warm_tokens = 16 if inf.compile else 4
+    warm_tokens = (inf.max_new_tokens if inf.static_cache else 16) if inf.compile else 4
     base_decode_batch(base, warm, warm_tokens, eos, sampling)
     for s in strategies if inf.compile else strategies[:1]:
         speculate(warm, warm_tokens, eos, **strategy_params(cfg, s), sampling=sampling)

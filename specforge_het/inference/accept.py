@@ -12,7 +12,8 @@ the emitted tokens follow the base's distribution exactly — and a chain accept
 Σ_x min(p(x), q(x)), the most any verifier of one draft can (Leviathan et al., 2023; Jeon et al., 2024 for drafts
 without replacement). Trees built without draft distributions (deterministic candidates) are verified with each
 candidate as a point-mass draft: accepted with probability p(x), residual p with x removed.
-The walk is level by level and sibling by sibling over the whole batch: depth × top_k tensor steps.
+The walk is level by level and sibling by sibling over the whole batch: depth × top_k tensor steps, bounded by the
+tree's host-known depth (DraftTree.max_depth), so a step never waits on the device to learn how far to walk.
 """
 from __future__ import annotations
 
@@ -66,29 +67,34 @@ def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
 
 
-def path_indices(on_path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool [B, n+1] path membership (tree order = root → deepest) → (indices [B, L_max] padded with each row's
-    last node, lengths [B])."""
+def path_indices(on_path: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [B, n+1] path membership (tree order = root → deepest) → (indices [B, width] padded with each row's
+    last node, lengths [B]). width: a host-known bound on path lengths (no synchronisation); None trims to the
+    longest row, which reads it from the device."""
     n = on_path.shape[1]
     lengths = on_path.sum(1)
     idx = torch.arange(n, device=on_path.device).expand_as(on_path)
-    order = torch.where(on_path, idx, idx + n).sort(1).values[:, : int(lengths.max())]
+    order = torch.where(on_path, idx, idx + n).sort(1).values[:, : int(lengths.max()) if width is None else width]
     last = order.gather(1, (lengths - 1)[:, None])
     return torch.where(order < n, order, last), lengths
+
+
+def path_width(tree) -> int | None:
+    """The static width of a tree's accepted paths (root + max_depth nodes), None when the tree has no bound."""
+    return None if tree.max_depth is None else tree.max_depth + 1
 
 
 def greedy_accept(tree, anc: torch.Tensor, base_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the accepted path (tree indices, root first): the deepest node whose every ancestor's token is
     the base's greedy choice at its parent. Siblings hold distinct tokens, so the accepted nodes form one path.
-    base_argmax [B, n+1] → (paths [B, L_max] padded with the last node, lengths [B])."""
+    base_argmax [B, n+1] → (paths [B, L] padded with the last node, lengths [B]); L = path_width(tree), or the
+    longest row when the tree has no depth bound."""
     correct = tree.tokens == base_argmax.gather(1, tree.parents.clamp_min(0))
     correct[:, 0] = True
-    ok = correct.clone()
-    for _ in range(int(tree.depths.max())):  # ok(node) = correct(node) and ok(parent), one level per round
-        ok = correct & ok.gather(1, tree.parents.clamp_min(0))
+    ok = ~(anc & ~correct[:, None, :]).any(-1)  # every ancestor-or-self correct: one tensor op, no loop
     deepest = torch.where(ok, tree.depths, torch.full_like(tree.depths, -1)).argmax(1)  # [B]
     on_path = take(anc, deepest[:, None])[:, 0]  # [B, n+1] ancestors-or-self of the deepest node
-    return path_indices(on_path)
+    return path_indices(on_path, path_width(tree))
 
 
 def children_table(parents: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -129,8 +135,8 @@ def _renormalised(x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
 def sample_accept(tree, probs: torch.Tensor, generator: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recursive rejection sampling over a batch of trees (see the module docstring). probs [B, n+1, V]: the base's
-    sampling distribution at every node. → (paths [B, L_max] tree indices, root first, padded with each row's last
-    node; lengths [B]; the next token [B] drawn from the final residual)."""
+    sampling distribution at every node. → (paths [B, L] tree indices, root first, padded with each row's last
+    node, L = path_width(tree) or the longest row; lengths [B]; the next token [B] drawn from the final residual)."""
     bsz, n, vocab = probs.shape
     dev = probs.device
     rows = torch.arange(bsz, device=dev)
@@ -141,7 +147,10 @@ def sample_accept(tree, probs: torch.Tensor, generator: torch.Generator
     q = _node_q(tree, cur, vocab) if sampled else None
     walking = torch.ones(bsz, dtype=torch.bool, device=dev)
     path = [cur]
-    for _ in range(int(tree.depths.max())):
+    levels = int(tree.depths.max()) if tree.max_depth is None else tree.max_depth
+    # Every uniform up front: the stream consumed depends on shapes only, and nothing in the loop reads the device.
+    uniforms = torch.rand(levels, kids.shape[2], bsz, generator=generator, device=dev)
+    for level in range(levels):
         moved = torch.zeros(bsz, dtype=torch.bool, device=dev)
         nxt = cur
         for j in range(kids.shape[2]):
@@ -150,8 +159,7 @@ def sample_accept(tree, probs: torch.Tensor, generator: torch.Generator
             px = p.gather(1, x[:, None])[:, 0]
             qx = q.gather(1, x[:, None])[:, 0] if sampled else torch.ones_like(px)
             trying = walking & ~moved & (child >= 0) & (qx > 0)  # q(x) = 0: a padding slot, never drawn
-            u = torch.rand(bsz, generator=generator, device=dev)
-            accept = trying & (u * qx < px)  # probability min(1, p(x) / q(x))
+            accept = trying & (uniforms[level, j] * qx < px)  # probability min(1, p(x) / q(x))
             reject = trying & ~accept
             moved, nxt = moved | accept, torch.where(accept, child, nxt)
             drawn = q if sampled else torch.zeros_like(p).scatter_(1, x[:, None], 1.0)
@@ -166,4 +174,6 @@ def sample_accept(tree, probs: torch.Tensor, generator: torch.Generator
             q = torch.where(moved[:, None], _node_q(tree, cur, vocab), q)
     paths = torch.stack(path, 1)
     lengths = 1 + (paths[:, 1:] != paths[:, :-1]).sum(1)
-    return paths[:, : int(lengths.max())], lengths, torch.multinomial(p, 1, generator=generator)[:, 0]
+    if tree.max_depth is None:
+        paths = paths[:, : int(lengths.max())]
+    return paths, lengths, torch.multinomial(p, 1, generator=generator)[:, 0]

@@ -5,6 +5,11 @@ per drafting method) drafts one tree per sequence; the base verifies all trees i
 + tree position ids); the verifier (verify.py) picks each row's accepted path; that path is compacted into the base's
 KV cache and handed to the proposer. Sequences accept different lengths: the caches carry a validity mask per slot,
 and position ids count real tokens only.
+
+Two cache layouts, the same tokens: HF DynamicCaches that grow by the longest accepted path each step (the
+default), or with `base.static_cache` pre-allocated SlotCaches (slot_cache.py) whose shapes never change while the
+batch keeps its rows — what compiled graphs and CUDA graphs need. No step reads the device to size anything until
+the accepted tokens are handed to the host at its end (the dynamic layout also reads the longest path's length).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ..modeling.masks import padded_causal_mask
 from .accept import Sampling, sampling_probs, take
 from .kv_cache import full_cache, gather_cache, select_rows
 from .proposers import build_proposer
+from .slot_cache import SlotCache, slot_capacity
 from .tree import ancestor_matrix, tree_attention_mask
 from .verify import verifier_for
 
@@ -113,6 +119,29 @@ def per_row(max_new_tokens: int | list[int], n: int) -> list[int]:
     return list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
 
 
+def new_cache(base, prompt_width: int, max_new_tokens: int, scratch: int):
+    """The base's cache for one batch decode: a SlotCache when `base.static_cache` (scratch: the most entries one
+    step writes), else a DynamicCache."""
+    length = prompt_width + max_new_tokens + scratch
+    cache = full_cache(base, length)  # checks the sliding window either way
+    if getattr(base, "static_cache", False):
+        return SlotCache(slot_capacity(prompt_width, max_new_tokens, scratch), scratch)
+    return cache
+
+
+def started(cache, prompt_valid: torch.Tensor) -> torch.Tensor:
+    """After the prefill: the committed slots' validity the next masks start from (a SlotCache's live view, or
+    the prompt's own mask for a growing cache)."""
+    if isinstance(cache, SlotCache):
+        cache.start(prompt_valid)
+        return cache.committed_valid
+    return prompt_valid
+
+
+def kept_valid(cache, valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return cache.committed_valid if isinstance(cache, SlotCache) else valid[rows]
+
+
 def base_decode_batch(base, prompts: list[list[int]], max_new_tokens: int, eos: set[int],
                       sampling: Sampling = Sampling()) -> list[DecodeResult]:
     """Plain one-token-per-forward decoding of a left-padded batch with a KV cache (greedy or sampled): the
@@ -121,26 +150,32 @@ def base_decode_batch(base, prompts: list[list[int]], max_new_tokens: int, eos: 
     gen = sampling.generator(dev)
     rows = _Rows(prompts, per_row(max_new_tokens, len(prompts)), eos)
     ids, valid, pos = left_pad(prompts, dev)
-    cache = full_cache(base, ids.shape[1] + max(rows.max_new))
+    cache = new_cache(base, ids.shape[1], max(rows.max_new), scratch=1)
     _, logits = base.forward(ids, attention_mask=padded_causal_mask(valid, None, base.dtype), position_ids=pos,
                              past_key_values=cache)
     nxt = next_tokens_of(logits[:, -1], sampling, gen)
     for i, t in enumerate(nxt.tolist()):
         rows.emit(i, [t], None, None)
     lens = valid.sum(1)
+    valid = started(cache, valid)
     while (keep := rows.done()) is None or keep.numel():
         if keep is not None:
             keep = keep.to(dev)
             select_rows(cache, keep)
-            nxt, valid, lens = nxt[keep], valid[keep], lens[keep]
+            nxt, valid, lens = nxt[keep], kept_valid(cache, valid, keep), lens[keep]
         ti = time.perf_counter()
         step_valid = torch.ones(len(rows.live), 1, dtype=torch.bool, device=dev)
         _, logits = base.forward(nxt[:, None], attention_mask=padded_causal_mask(step_valid, valid, base.dtype),
                                  position_ids=lens[:, None], past_key_values=cache)
-        valid, lens = torch.cat([valid, step_valid], 1), lens + 1
+        if isinstance(cache, SlotCache):
+            cache.commit(torch.zeros_like(step_valid, dtype=torch.long), step_valid)
+        else:
+            valid = torch.cat([valid, step_valid], 1)
+        lens = lens + 1
         nxt = next_tokens_of(logits[:, -1], sampling, gen)
+        host = nxt.tolist()
         seconds = time.perf_counter() - ti
-        for i, t in enumerate(nxt.tolist()):
+        for i, t in enumerate(host):
             rows.emit(i, [t], 0, seconds)
     return rows.close()
 
@@ -181,13 +216,15 @@ def decode_batch(base, proposer, prompts: list[list[int]], max_new_tokens: int |
     dev = base.device
     gen = sampling.generator(dev)
     rows = _Rows(prompts, per_row(max_new_tokens, len(prompts)), eos, cancelled)
-    ids, base_valid, pos = left_pad(prompts, dev)
-    base_cache = full_cache(base, ids.shape[1] + max(rows.max_new) + proposer.max_nodes + 1)
-    hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(base_valid, None, base.dtype),
+    ids, prompt_valid, pos = left_pad(prompts, dev)
+    base_cache = new_cache(base, ids.shape[1], max(rows.max_new), scratch=proposer.max_nodes + 1)
+    hidden, logits = base.forward(ids, attention_mask=padded_causal_mask(prompt_valid, None, base.dtype),
                                   position_ids=pos, past_key_values=base_cache, feature_layers=proposer.feature_layers)
     root = next_tokens_of(logits[:, -1], sampling, gen)
-    proposer.start(hidden, ids, root, pos, base_valid, base_cache)
-    root_pos = base_valid.sum(1)
+    proposer.start(hidden, ids, root, pos, prompt_valid, base_cache)
+    root_pos = prompt_valid.sum(1)
+    base_valid = started(base_cache, prompt_valid)
+    static = isinstance(base_cache, SlotCache)
     for i, t in enumerate(root.tolist()):
         rows.emit(i, [t], None, None)
 
@@ -202,26 +239,31 @@ def decode_batch(base, proposer, prompts: list[list[int]], max_new_tokens: int |
             keep = keep.to(dev)
             select_rows(base_cache, keep)
             proposer.keep(keep)
-            root, root_pos, base_valid = root[keep], root_pos[keep], base_valid[keep]
+            root, root_pos, base_valid = root[keep], root_pos[keep], kept_valid(base_cache, base_valid, keep)
         ti = time.perf_counter()
         tree = proposer.propose(root, root_pos, sampling, gen)
-        anc = ancestor_matrix(tree.parents, tree.depths)
+        anc = ancestor_matrix(tree.parents)
         hidden, logits = base.forward(tree.tokens, attention_mask=tree_attention_mask(anc, base_valid, base.dtype),
                                       position_ids=root_pos[:, None] + tree.depths, past_key_values=base_cache,
                                       feature_layers=proposer.feature_layers)
         paths, lens, bonus = verify(tree, anc, logits, gen)
         # Commit: the base cache keeps the accepted path's slots; the proposer consumes the path.
-        base_len, width = base_valid.shape[1], paths.shape[1]
-        gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
-                                            base_len + paths], 1))
-        base_valid = torch.cat([base_valid, torch.arange(width, device=dev)[None] < lens[:, None]], 1)
+        if static:  # in place, fixed shapes: paths keep the tree's static width
+            base_cache.commit(paths, torch.arange(paths.shape[1], device=dev)[None] < lens[:, None])
+        else:  # the growing cache grows by the longest accepted path only
+            paths = paths[:, : int(lens.max())]
+            base_len, width = base_valid.shape[1], paths.shape[1]
+            gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
+                                                base_len + paths], 1))
+            base_valid = torch.cat([base_valid, torch.arange(width, device=dev)[None] < lens[:, None]], 1)
         # Row b's next tokens along its path: the accepted children, then the bonus token.
         nxt = tree.tokens.gather(1, torch.cat([paths[:, 1:], paths[:, -1:]], 1))
         nxt.scatter_(1, (lens - 1)[:, None], bonus[:, None])
         proposer.commit(take(hidden, paths), nxt, lens)
         root, root_pos = bonus, root_pos + lens
+        host = torch.cat([lens[:, None], nxt], 1).tolist()  # the step's one read of the device, before timing it
         seconds = time.perf_counter() - ti
-        for i, (n, row) in enumerate(zip(lens.tolist(), nxt.tolist())):
+        for i, (n, *row) in enumerate(host):
             rows.emit(i, row[:n], n - 1, seconds)
         stream()
     return rows.close()

@@ -1,5 +1,6 @@
 """Edits of HF DynamicCaches that speculative decoding needs: keep per-row slots (tree compaction), drop rows
-(finished sequences), crop (a drafter's tree entries after a round)."""
+(finished sequences), crop (a drafter's tree entries after a round). Dropping rows and cropping also accept the
+static SlotCache (slot_cache.py), which does both its own way."""
 from __future__ import annotations
 
 import torch
@@ -27,6 +28,9 @@ def gather_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
     """Keep only the sequences `rows` of a batched DynamicCache (finished ones leave the batch)."""
+    if hasattr(cache, "select_rows"):  # a SlotCache
+        cache.select_rows(rows)
+        return
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(0, rows)
         layer.values = layer.values.index_select(0, rows)
@@ -34,7 +38,11 @@ def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
 
 def crop_cache(cache: DynamicCache, length: int, contiguous: bool = False) -> None:
     """Drop every slot from `length` on (the drafter's tree entries after a round). `contiguous`: copy the kept
-    slots into their own storage (a compiled drafter's graphs are specialised on strides; a view's would change)."""
+    slots into their own storage (a compiled drafter's graphs are specialised on strides; a view's would change).
+    A SlotCache keeps its committed slots and empties its scratch (where every slot from `length` on lives)."""
+    if hasattr(cache, "discard"):
+        cache.discard()
+        return
     for layer in cache.layers:
         layer.keys = layer.keys[..., :length, :]
         layer.values = layer.values[..., :length, :]

@@ -53,11 +53,14 @@ def load_pair(cfg: RunConfig):
 
     if inf.verify_precision not in ("model", "float32"):
         raise ConfigError(f"inference.verify_precision: expected model or float32, got {inf.verify_precision!r}")
-    if inf.compile:
-        from .compiled import check_compilable
+    from .compiled import check_compilable
 
+    if inf.compile:
         check_compilable(list(cfg.plugins.enabled or []), inf.verify_precision)
+    if inf.static_cache:  # the fp32 head works over it: only plugins are refused
+        check_compilable(list(cfg.plugins.enabled or []), "model", "inference.static_cache")
     base = load_base(cfg.base)
+    base.static_cache = inf.static_cache
     if inf.verify_precision == "float32":
         base.head_dtype = torch.float32
     speculator = build_speculator(cfg, base)

@@ -40,6 +40,9 @@ class DraftTree:
     q_index: Optional[torch.Tensor] = None
     draft_ids: Optional[torch.Tensor] = None
     max_children: Optional[int] = None  # an upper bound on any node's child count (the tree's top_k)
+    # An upper bound on depths known on the host (the proposer's depth): loops and path widths over it need no
+    # host synchronisation. None (hand-made trees): read from depths, which synchronises.
+    max_depth: Optional[int] = None
 
     @property
     def size(self) -> int:
@@ -50,16 +53,18 @@ class DraftTree:
         return DraftTree(self.tokens[b], self.parents[b], self.depths[b])
 
 
-def ancestor_matrix(parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+def ancestor_matrix(parents: torch.Tensor, depths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """anc[b, i, j] = True when j is i or an ancestor of i, for [B, n] parents (rows/cols in tree order).
-    Each round walks every node one step up its chain, so max-depth rounds cover all ancestors."""
+    Pointer doubling: after round r every row holds its ancestors up to distance 2^r and `jump` points 2^r levels
+    up, so ⌈log2 n⌉ rounds cover any tree of n nodes — a bound known from the shape, with no host synchronisation
+    (`depths` is not needed; kept for callers that pass it)."""
     bsz, n = parents.shape
-    anc = torch.zeros(bsz, n, n, dtype=torch.bool, device=parents.device)
-    cur = torch.arange(n, device=parents.device).expand(bsz, n).clone()
-    up = parents.clamp_min(0)  # the root is its own parent: the walk stays there
-    for _ in range(int(depths.max()) + 1):
-        anc.scatter_(2, cur[..., None], True)
-        cur = up.gather(1, cur)
+    jump = parents.clamp_min(0)  # the root is its own parent: jumps stay there
+    eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(bsz, n, n)
+    anc = eye.scatter(2, jump[..., None], True)  # self and parent: distance ≤ 1
+    for _ in range(max(0, n - 2).bit_length()):  # 2^r ≥ n − 1, the deepest possible node
+        anc = anc | take(anc, jump)  # distance ≤ 2^r, then from 2^r up: ≤ 2^(r+1)
+        jump = jump.gather(1, jump)
     return anc
 
 
@@ -184,7 +189,9 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
                               torch.zeros(bsz, k_in * k, dtype=torch.bool, device=device)], dim=1)
         if best_first:  # the best unexpanded candidates anywhere in the pool (same count in every row)
             order = rank_desc(~expanded, pool.cat("principal"), pool.cat("scores"))
-            frontier = order[:, : min(k, int((~expanded[0]).sum()))]
+            # Unexpanded candidates: the pool less every node fed so far (a frontier is never fed twice), a count
+            # the host knows without reading `expanded`.
+            frontier = order[:, : min(k, pool_size + k_in * k - fed_pool_idx.shape[1])]
             frontier_feat = take(pool.cat("feats"), frontier)
         else:  # EAGLE-2: the best children of this round
             best = rank_desc(principal.reshape(bsz, -1), cum.reshape(bsz, -1))[:, : min(k, k_in * k)]
@@ -193,7 +200,7 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
         pool_size += k_in * k
 
     tree, keep = select_tree(root_token, pool.cat("tokens"), pool.cat("parents"), pool.cat("depths"),
-                             pool.cat("principal"), pool.cat("scores"), total_tokens, k)
+                             pool.cat("principal"), pool.cat("scores"), total_tokens, k, depth)
     if sampled:
         q_of_pool = torch.full((bsz, pool_size), -1, dtype=torch.long, device=device)
         rows = torch.arange(1, fed_pool_idx.shape[1] + 1, device=device).expand_as(fed_pool_idx)
@@ -203,11 +210,11 @@ def expand_tree(drafter, root_token: torch.Tensor, root_feature: torch.Tensor, d
 
 
 def select_tree(root_token: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor,
-                principal: torch.Tensor, scores: torch.Tensor, total_tokens: int, max_children: int
-                ) -> tuple[DraftTree, torch.Tensor]:
+                principal: torch.Tensor, scores: torch.Tensor, total_tokens: int, max_children: int,
+                max_depth: int) -> tuple[DraftTree, torch.Tensor]:
     """The best `total_tokens` candidates of a pool (per row [B, N]: target token ids, parents as pool indices with
-    −1 = the root, depths, principal-chain flags, scores), ranked as the module docstring says, as a DraftTree in
-    (depth, pool index) order → (tree, the kept pool indices [B, n] in tree order)."""
+    −1 = the root, depths (at most max_depth), principal-chain flags, scores), ranked as the module docstring says,
+    as a DraftTree in (depth, pool index) order → (tree, the kept pool indices [B, n] in tree order)."""
     bsz, pool_size = tokens.shape
     device = tokens.device
     keep = rank_desc(principal, scores)[:, : min(total_tokens, pool_size)]  # [B, n], ancestor-closed
@@ -224,6 +231,7 @@ def select_tree(root_token: torch.Tensor, tokens: torch.Tensor, parents: torch.T
         parents=torch.cat([col(-1), tree_parents], dim=1),
         depths=torch.cat([col(0), depths.gather(1, keep)], dim=1),
         max_children=max_children,
+        max_depth=min(max_depth, n),
     )
     return tree, keep
 

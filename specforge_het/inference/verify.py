@@ -2,6 +2,7 @@
 
     verifier(tree, anc, logits, gen) → (paths [B, L] tree indices root first, padded with each row's last node;
                                          lens [B] nodes on the path incl. the root; bonus [B] the base's next token)
+L is the tree's static path width (root + max_depth) when it has one: no verifier reads the device to size it.
 
 greedy   the deepest node whose every ancestor's token is the base's argmax (token-identical to base greedy)
 sampled  recursive rejection sampling (exact base sampling; accepts Σ min(p, q) for drafts from q)
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .accept import Sampling, greedy_accept, path_indices, sample_accept, sampling_probs, take
+from .accept import Sampling, greedy_accept, path_indices, path_width, sample_accept, sampling_probs, take
 
 Verifier = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -30,7 +31,7 @@ def greedy_verifier(tree, anc, logits, gen):
 
 
 def forced_verifier(tree, anc, logits, gen):
-    paths, lens = path_indices(take(anc, tree.depths.argmax(1, keepdim=True))[:, 0])
+    paths, lens = path_indices(take(anc, tree.depths.argmax(1, keepdim=True))[:, 0], path_width(tree))
     return paths, lens, _bonus(logits.argmax(-1), paths, lens)
 
 

@@ -97,12 +97,16 @@ class FrozenBase:
     head_dtype: torch.dtype | None = None
     # inference.compile: the model's forward through torch.compile (see compile()); None = eager.
     compiled: torch.nn.Module | None = None
+    # inference.static_cache: decode with pre-allocated KV caches of fixed shapes (inference/slot_cache.py).
+    static_cache: bool = False
 
-    def compile(self) -> None:
-        """Run decode and verify forwards through torch.compile (inductor; dynamic shapes, so the growing cache and
-        every tree size share one graph). Base features then come from the model's own recorded hidden states."""
+    def compile(self, mode: str | None = None) -> None:
+        """Run decode and verify forwards through torch.compile. With a growing cache: dynamic shapes, so the cache
+        and every tree size share one graph. With the static cache: one graph per (batch, step width, capacity)
+        bucket, and `mode` "reduce-overhead" captures each as a CUDA graph. Base features then come from the
+        model's own recorded hidden states."""
         if self.compiled is None:
-            self.compiled = torch.compile(self.model, dynamic=True)
+            self.compiled = torch.compile(self.model, dynamic=not self.static_cache, mode=mode)
 
     @property
     def config(self):

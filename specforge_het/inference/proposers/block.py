@@ -19,6 +19,7 @@ from transformers import DynamicCache
 
 from ...modeling.dflash import block_attention
 from ..kv_cache import crop_cache, select_rows
+from ..slot_cache import SlotCache
 from ..tree import DraftTree, attach_q, draft_children, select_tree, tree_sampling
 from . import register_proposer
 
@@ -44,7 +45,7 @@ def assemble_caterpillar(drafter, root: torch.Tensor, drawn: tuple, total_tokens
     principal = (torch.arange(k, device=dev) == 0).repeat(depth).expand(bsz, -1)
     parents = torch.where(levels > 0, (levels - 1) * k, -1)
     tree, keep = select_tree(root, drafter.draft_to_target(ids).reshape(bsz, -1), parents, levels + 1, principal,
-                             scores.reshape(bsz, -1), total_tokens, k)
+                             scores.reshape(bsz, -1), total_tokens, k, depth)
     if q is not None:  # q row i = the children of the depth-i principal node (row 0: the root's)
         q_of_pool = torch.where(principal & (levels + 1 < depth), levels + 1, -1)
         attach_q(tree, drafter, q, q_of_pool.gather(1, keep))
@@ -65,7 +66,13 @@ class BlockProposer:
         self.cache = self.valid = self.pending = self.root_pos = None
 
     def start(self, hidden, ids, root, positions, valid, base_cache) -> None:
-        self.cache = DynamicCache()
+        """A static base cache gets a static drafter cache: its first call (the prompt's context and a block) is
+        its prefill, whose block slots stay unused; later calls' context and block go through the scratch."""
+        size = self.drafter.block_size
+        if isinstance(base_cache, SlotCache):
+            self.cache = SlotCache(base_cache.capacity + size, self.depth + 1 + size)
+        else:
+            self.cache = DynamicCache()
         self.valid = torch.zeros(ids.shape[0], 0, dtype=torch.bool, device=ids.device)
         self.pending = (hidden, positions, valid)
 
@@ -81,9 +88,15 @@ class BlockProposer:
         mask = block_attention(ctx_valid, before, torch.zeros(bsz, size, dtype=torch.long, device=dev),
                                d.compute_dtype, self.valid)
         out = d(d.context(feats), ctx_pos, block_ids, block_pos, mask, past_key_values=self.cache)
-        cached = self.valid.shape[1] + n_ctx
-        crop_cache(self.cache, cached)  # the block's keys go; the context's stay
-        self.valid, self.pending, self.root_pos = torch.cat([self.valid, ctx_valid], 1), None, root_pos
+        if not isinstance(self.cache, SlotCache):
+            crop_cache(self.cache, self.valid.shape[1] + n_ctx)  # the block's keys go; the context's stay
+            self.valid = torch.cat([self.valid, ctx_valid], 1)
+        elif self.cache.valid is None:  # that was the prefill: slots [0, n_ctx + size)
+            self.cache.start(torch.cat([ctx_valid, torch.zeros_like(block_ids, dtype=torch.bool)], 1))
+            self.valid = self.cache.committed_valid
+        else:  # the context's keys move to each row's next slots; the block's are dropped with the scratch
+            self.cache.commit(torch.arange(n_ctx, device=dev).expand_as(ctx_valid), ctx_valid)
+        self.pending, self.root_pos = None, root_pos
         drawn = self.draw(out[:, 1:1 + self.depth], root, tree_sampling(sampling), gen)
         return assemble_caterpillar(d, root, drawn, self.total_tokens)
 
@@ -100,6 +113,7 @@ class BlockProposer:
 
     def keep(self, rows) -> None:
         select_rows(self.cache, rows)
-        self.valid = self.valid[rows]
+        started = isinstance(self.cache, SlotCache) and self.cache.valid is not None
+        self.valid = self.cache.committed_valid if started else self.valid[rows]
         if self.pending is not None:
             self.pending = tuple(x[rows] for x in self.pending)

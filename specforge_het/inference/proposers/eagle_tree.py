@@ -11,6 +11,7 @@ import torch
 from ...modeling.masks import padded_causal_mask
 from ..accept import take
 from ..kv_cache import crop_cache, select_rows
+from ..slot_cache import SlotCache
 from ..tree import expand_tree
 from . import register_proposer
 
@@ -27,10 +28,18 @@ class TreeProposer:
         self.cache = self.valid = self.last_feat = self.root_pos = None
 
     def start(self, hidden, ids, root, positions, valid, base_cache) -> None:
-        """Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n−1, t_n being the root."""
-        self.cache = self.drafter.new_cache(base_cache)  # SubSpec shares the base's cache layers
+        """Drafter prefill: pairs (h_j, t_{j+1}) for j = 0..n−1, t_n being the root. A static base cache gets a
+        static drafter cache of the same capacity; its scratch holds a whole expansion or an accepted path."""
+        if isinstance(base_cache, SlotCache):
+            self.cache = SlotCache(base_cache.capacity + 1, max(  # + 1: a classic drafter's extra first slot
+                (self.depth - 1) * self.top_k, self.depth + 1))
+        else:
+            self.cache = self.drafter.new_cache(base_cache)  # SubSpec shares the base's cache layers
         feats, self.valid = self.drafter.prefill(hidden, ids, torch.cat([ids[:, 1:], root[:, None]], 1), positions,
                                                  self.cache, valid=valid)
+        if isinstance(self.cache, SlotCache):
+            self.cache.start(self.valid)
+            self.valid = self.cache.committed_valid
         self.last_feat = feats[:, -1]
 
     def propose(self, root, root_pos, sampling, gen):
@@ -48,12 +57,16 @@ class TreeProposer:
         step_pos = self.root_pos[:, None] + torch.arange(width, device=dev)[None]
         feats = self.drafter(hidden, next_tokens, step_pos, past_key_values=self.cache,
                              attention_mask=padded_causal_mask(step_valid, self.valid, self.drafter.compute_dtype))
-        self.valid = torch.cat([self.valid, step_valid], 1)
+        if isinstance(self.cache, SlotCache):  # the path's entries move from the scratch to each row's next slots
+            self.cache.commit(torch.arange(width, device=dev).expand_as(step_valid), step_valid)
+        else:
+            self.valid = torch.cat([self.valid, step_valid], 1)
         self.last_feat = take(feats, (lens - 1)[:, None])[:, 0]
 
     def keep(self, rows) -> None:
         select_rows(self.cache, rows)
-        self.valid, self.last_feat = self.valid[rows], self.last_feat[rows]
+        self.last_feat = self.last_feat[rows]
+        self.valid = self.cache.committed_valid if isinstance(self.cache, SlotCache) else self.valid[rows]
 
     def restore(self, cache, valid, last_feat) -> None:
         """Replace the state with one drafted ahead (asynchronous drafting's hit)."""
