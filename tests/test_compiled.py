@@ -1,6 +1,6 @@
 """inference.compile: the base's and drafter's forwards through torch.compile (inductor, on CPU here) decode the
 same tokens as eager, batched and ragged, for chain, tree and budget strategies; compiled base features equal the
-hooked eager ones. (CUDA graphs / a static cache are not built yet: nothing here needs a GPU.)"""
+hooked eager ones. The static cache and CUDA graphs: tests/test_static_cache.py."""
 import pytest
 import torch
 
