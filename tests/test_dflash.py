@@ -143,7 +143,7 @@ def test_caterpillar_tree_shape(trained, depth, k, total, bsz, sampled, seed):
             kids.setdefault(par[i], []).append(tok[i])
         assert all(len(v) == len(set(v)) for v in kids.values())
         assert dep[1: 1 + min(n, depth)] == list(range(1, 1 + min(n, depth))) or k > 1
-    anc = ancestor_matrix(tree.parents, tree.depths)
+    anc = ancestor_matrix(tree.parents)
     assert bool(anc.diagonal(dim1=1, dim2=2).all())
     if sampled:
         rows = tree.q_index[tree.q_index >= 0]

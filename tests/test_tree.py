@@ -17,12 +17,12 @@ TREE = DraftTree(tokens=torch.tensor([[10, 11, 12, 13, 14, 15, 16]]),
 
 
 def accept(tree, argmax):
-    paths, lens = greedy_accept(tree, ancestor_matrix(tree.parents, tree.depths), argmax)
+    paths, lens = greedy_accept(tree, ancestor_matrix(tree.parents), argmax)
     return [p[:n] for p, n in zip(paths.tolist(), lens.tolist())]
 
 
 def test_ancestor_matrix():
-    anc = ancestor_matrix(TREE.parents, TREE.depths)[0]
+    anc = ancestor_matrix(TREE.parents)[0]
     assert anc[6].nonzero().flatten().tolist() == [0, 1, 3, 6]
     assert anc[5].nonzero().flatten().tolist() == [0, 2, 5]
     assert anc[0].nonzero().flatten().tolist() == [0]
@@ -30,7 +30,7 @@ def test_ancestor_matrix():
 
 
 def test_tree_mask_sees_prefix_and_ancestors_only():
-    anc = ancestor_matrix(TREE.parents, TREE.depths)
+    anc = ancestor_matrix(TREE.parents)
     mask = tree_attention_mask(anc, torch.tensor([[True, False, True]]), dtype=torch.float32)[0, 0]
     assert mask.shape == (7, 10)
     assert (mask[:, [0, 2]] == 0).all() and (mask[:, 1] < 0).all()  # a padding slot is never seen
@@ -59,7 +59,7 @@ def test_batched_rows_accept_their_own_paths():
     batch = DraftTree(*(torch.cat([getattr(TREE, f), getattr(other, f), getattr(TREE, f)])
                         for f in ("tokens", "parents", "depths")))
     argmax = torch.tensor([[11, 13, 0, 16, 0, 0, 99], [21, 22, 23, 24, 0, 0, 0], [42, 0, 0, 0, 0, 0, 0]])
-    anc = ancestor_matrix(batch.parents, batch.depths)
+    anc = ancestor_matrix(batch.parents)
     paths, lens = greedy_accept(batch, anc, argmax)
     assert lens.tolist() == [4, 5, 1]
     assert paths.tolist() == [[0, 1, 3, 6, 6], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
@@ -69,7 +69,7 @@ def test_batched_rows_accept_their_own_paths():
 def test_chain_is_a_tree():
     chain = DraftTree(tokens=torch.tensor([[5, 6, 7, 8]]), parents=torch.tensor([[-1, 0, 1, 2]]),
                       depths=torch.tensor([[0, 1, 2, 3]]))
-    anc = ancestor_matrix(chain.parents, chain.depths)[0]
+    anc = ancestor_matrix(chain.parents)[0]
     assert torch.equal(anc, torch.tril(torch.ones(4, 4, dtype=torch.bool)))
     assert accept(chain, torch.tensor([[6, 7, 1, 1]])) == [[0, 1, 2]]
 

@@ -22,7 +22,7 @@ from ..modeling.masks import padded_causal_mask
 from .accept import Sampling, sampling_probs, take
 from .kv_cache import full_cache, gather_cache, select_rows
 from .proposers import build_proposer
-from .slot_cache import SlotCache, slot_capacity
+from .slot_cache import SlotCache, kept_valid, slot_capacity, started
 from .tree import ancestor_matrix, tree_attention_mask
 from .verify import verifier_for
 
@@ -127,19 +127,6 @@ def new_cache(base, prompt_width: int, max_new_tokens: int, scratch: int):
     if getattr(base, "static_cache", False):
         return SlotCache(slot_capacity(prompt_width, max_new_tokens, scratch), scratch)
     return cache
-
-
-def started(cache, prompt_valid: torch.Tensor) -> torch.Tensor:
-    """After the prefill: the committed slots' validity the next masks start from (a SlotCache's live view, or
-    the prompt's own mask for a growing cache)."""
-    if isinstance(cache, SlotCache):
-        cache.start(prompt_valid)
-        return cache.committed_valid
-    return prompt_valid
-
-
-def kept_valid(cache, valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return cache.committed_valid if isinstance(cache, SlotCache) else valid[rows]
 
 
 def base_decode_batch(base, prompts: list[list[int]], max_new_tokens: int, eos: set[int],

@@ -129,6 +129,23 @@ class SlotCache(Cache):
             _static_address(self.valid, self.end)
 
 
+def started(cache, prompt_valid: torch.Tensor) -> torch.Tensor:
+    """After a prefill into `cache`: the committed slots' validity the next masks start from — a SlotCache's live
+    view, or for a growing cache the prefill's own mask (its caller appends to it)."""
+    if isinstance(cache, SlotCache):
+        cache.start(prompt_valid)
+        return cache.committed_valid
+    return prompt_valid
+
+
+def kept_valid(cache, valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The committed slots' validity after `select_rows(cache, rows)`: a started SlotCache's (already selected),
+    else `valid`'s rows."""
+    if isinstance(cache, SlotCache) and cache.valid is not None:
+        return cache.committed_valid
+    return valid[rows]
+
+
 def slot_capacity(prompt_width: int, max_new_tokens: int, scratch: int, bucket: int = 64) -> int:
     """Committed slots a row can need: its prompt, the tokens it commits before it finishes (fewer than
     max_new_tokens), and one more step's worth (the last step can commit up to a whole path) — rounded up to a

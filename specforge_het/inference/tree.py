@@ -53,11 +53,10 @@ class DraftTree:
         return DraftTree(self.tokens[b], self.parents[b], self.depths[b])
 
 
-def ancestor_matrix(parents: torch.Tensor, depths: Optional[torch.Tensor] = None) -> torch.Tensor:
+def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
     """anc[b, i, j] = True when j is i or an ancestor of i, for [B, n] parents (rows/cols in tree order).
     Pointer doubling: after round r every row holds its ancestors up to distance 2^r and `jump` points 2^r levels
-    up, so ⌈log2 n⌉ rounds cover any tree of n nodes — a bound known from the shape, with no host synchronisation
-    (`depths` is not needed; kept for callers that pass it)."""
+    up, so ⌈log2 n⌉ rounds cover any tree of n nodes — a bound known from the shape, with no host synchronisation."""
     bsz, n = parents.shape
     jump = parents.clamp_min(0)  # the root is its own parent: jumps stay there
     eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(bsz, n, n)

@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from ...modeling.dflash import block_attention
 from ..kv_cache import crop_cache, select_rows
-from ..slot_cache import SlotCache
+from ..slot_cache import SlotCache, kept_valid, started
 from ..tree import DraftTree, attach_q, draft_children, select_tree, tree_sampling
 from . import register_proposer
 
@@ -92,8 +92,7 @@ class BlockProposer:
             crop_cache(self.cache, self.valid.shape[1] + n_ctx)  # the block's keys go; the context's stay
             self.valid = torch.cat([self.valid, ctx_valid], 1)
         elif self.cache.valid is None:  # that was the prefill: slots [0, n_ctx + size)
-            self.cache.start(torch.cat([ctx_valid, torch.zeros_like(block_ids, dtype=torch.bool)], 1))
-            self.valid = self.cache.committed_valid
+            self.valid = started(self.cache, torch.cat([ctx_valid, torch.zeros_like(block_ids, dtype=torch.bool)], 1))
         else:  # the context's keys move to each row's next slots; the block's are dropped with the scratch
             self.cache.commit(torch.arange(n_ctx, device=dev).expand_as(ctx_valid), ctx_valid)
         self.pending, self.root_pos = None, root_pos
@@ -113,7 +112,6 @@ class BlockProposer:
 
     def keep(self, rows) -> None:
         select_rows(self.cache, rows)
-        started = isinstance(self.cache, SlotCache) and self.cache.valid is not None
-        self.valid = self.cache.committed_valid if started else self.valid[rows]
+        self.valid = kept_valid(self.cache, self.valid, rows)
         if self.pending is not None:
             self.pending = tuple(x[rows] for x in self.pending)

@@ -11,7 +11,7 @@ import torch
 from ...modeling.masks import padded_causal_mask
 from ..accept import take
 from ..kv_cache import crop_cache, select_rows
-from ..slot_cache import SlotCache
+from ..slot_cache import SlotCache, kept_valid, started
 from ..tree import expand_tree
 from . import register_proposer
 
@@ -35,11 +35,9 @@ class TreeProposer:
                 (self.depth - 1) * self.top_k, self.depth + 1))
         else:
             self.cache = self.drafter.new_cache(base_cache)  # SubSpec shares the base's cache layers
-        feats, self.valid = self.drafter.prefill(hidden, ids, torch.cat([ids[:, 1:], root[:, None]], 1), positions,
-                                                 self.cache, valid=valid)
-        if isinstance(self.cache, SlotCache):
-            self.cache.start(self.valid)
-            self.valid = self.cache.committed_valid
+        feats, written = self.drafter.prefill(hidden, ids, torch.cat([ids[:, 1:], root[:, None]], 1), positions,
+                                              self.cache, valid=valid)
+        self.valid = started(self.cache, written)
         self.last_feat = feats[:, -1]
 
     def propose(self, root, root_pos, sampling, gen):
@@ -66,7 +64,7 @@ class TreeProposer:
     def keep(self, rows) -> None:
         select_rows(self.cache, rows)
         self.last_feat = self.last_feat[rows]
-        self.valid = self.cache.committed_valid if isinstance(self.cache, SlotCache) else self.valid[rows]
+        self.valid = kept_valid(self.cache, self.valid, rows)
 
     def restore(self, cache, valid, last_feat) -> None:
         """Replace the state with one drafted ahead (asynchronous drafting's hit)."""
