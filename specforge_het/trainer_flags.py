@@ -38,7 +38,8 @@ def reporters(report_to: str) -> list[str]:
     wanted = [n for n in names if n not in ("none", "json")]
     for n in wanted:  # each integration is the package of its name
         if importlib.util.find_spec(n) is None:
-            raise ConfigError(f"training.report_to {n}: the {n} package is not installed (pip install {n})")
+            raise ConfigError(f"training.report_to {n}: the {n} package is not installed "
+                              f"(pip install {n}; wandb: pip install 'specforge_het[wandb]')")
     return wanted or ["none"]
 
 
@@ -49,7 +50,8 @@ def deepspeed_flags(ds_config: dict | None, use_cpu: bool, hidden_size: int) -> 
     if not ds_config:
         return {}
     if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("training.deepspeed is set but DeepSpeed is not installed (pip install deepspeed)")
+        raise ConfigError("training.deepspeed is set but DeepSpeed is not installed: "
+                          "pip install 'specforge_het[deepspeed]'")
     stage = ds_config.get("zero_optimization", {}).get("stage")
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"training.deepspeed.zero_optimization.stage: expected 0, 1, 2 or 3, got {stage!r}")

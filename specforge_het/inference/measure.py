@@ -3,6 +3,7 @@ list, the per-strategy summary row (τ, tokens/s, speedup, iteration ÷ base ste
 the printed table and the acceptance histogram PNG."""
 from __future__ import annotations
 
+import logging
 import resource
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,10 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..config.schema import ConfigError
 from ..modeling.base import load_base
+from ..utils.extras import have, missing_message
 from .engine import DecodeResult, Sampling
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("chain", "tree", "budget")
 GROUPS = {"both": ("chain", "tree"), "all": STRATEGIES}
@@ -161,7 +165,11 @@ def format_table(rows: list[dict]) -> str:
 
 def write_acceptance_png(rows: list[dict], path: Path, title: str) -> Path:
     """Two panels per run: the histogram of accepted draft tokens per verify step, and the acceptance rate at each
-    draft depth given the step reached it — one series per strategy (or task × strategy)."""
+    draft depth given the step reached it — one series per strategy (or task × strategy). Skipped, with one line,
+    without matplotlib (the `plot` extra): the JSON report is the record."""
+    if not have("matplotlib"):
+        log.warning(f"{path.name} not drawn: {missing_message('matplotlib')}")
+        return path
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
+from ..utils.extras import require
 from ..utils.io import atomic_write
 from .checkpoint import read_safetensors
 
@@ -54,10 +55,8 @@ def init_from_base_layers(drafter, base, first: int) -> list[str]:
 def add_lora(drafter, rank: int, alpha: float, targets, fresh=()) -> None:
     """Freeze the draft layers and give their `targets` linear projections rank-`rank` LoRA adapters. `fresh`:
     weights not copied from the base (a frozen random projection under an adapter would never learn)."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
-        raise ConfigError("modeling.lora_rank needs peft (pip install peft)") from None
+    require("peft")
+    from peft import LoraConfig, inject_adapter_in_model
     if rank <= 0:
         raise ConfigError(f"modeling.lora_rank: expected a positive rank, got {rank}")
     layers = drafter.decoder_layers()

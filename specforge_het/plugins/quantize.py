@@ -63,7 +63,8 @@ def resolve_backend(backend: str) -> str:
         raise ConfigError(f"plugins.quant_backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     have_hqq = importlib.util.find_spec("hqq") is not None
     if backend == "hqq" and not have_hqq:
-        raise ConfigError("plugins.quant_backend hqq: HQQ is not installed (pip install hqq), or use torch")
+        raise ConfigError("plugins.quant_backend hqq: HQQ is not installed: pip install 'specforge_het[quant]' "
+                          "(or quant_backend torch)")
     return ("hqq" if have_hqq else "torch") if backend == "auto" else backend
 
 
