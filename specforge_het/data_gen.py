@@ -12,7 +12,6 @@ Rerunning the same command after an interruption resumes at the first missing sh
 from __future__ import annotations
 
 import logging
-import json
 import os
 import time
 from pathlib import Path
@@ -23,11 +22,11 @@ from tqdm import tqdm
 from .algorithms import get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
-from .data.conversations import read_conversations, set_chat_template, tokenize_all
-from .data.regenerate import regenerate_conversations
+from .data.conversations import set_chat_template, tokenize_all
+from .data.self_distill import training_conversations
 from .data.shards import MANIFEST, ShardWriter, merge_datasets
-from .modeling.base import FrozenBase, load_base, resolve_dtype, tokenizer_fingerprint
-from .utils.io import atomic_write_text, sha256_file
+from .modeling.base import FrozenBase, base_identity, load_base, resolve_dtype
+from .utils.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -80,41 +79,18 @@ def dump(base: FrozenBase, cfg: RunConfig, samples: list, out_dir: Path, fingerp
     return manifest
 
 
-def load_conversations(base: FrozenBase, cfg: RunConfig) -> list[list[dict]]:
-    convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
-    log.info(f"data_gen: {cfg.data.conversations}: {report.summary()}")
-    if cfg.data.regenerate_to:
-        out = Path(cfg.data.regenerate_to)
-        if out.is_file():  # resumability: a finished regeneration is reused, never redone
-            convs, _ = read_conversations(out)
-            log.info(f"data_gen: reusing regenerated conversations {out}")
-        else:
-            convs = regenerate_conversations(base, convs, cfg.data.regen_max_new_tokens, cfg.data.regen_temperature,
-                                             batch_size=cfg.data.batch_size, seed=cfg.training.seed)
-            atomic_write_text(out, "".join(json.dumps({"messages": c}) + "\n" for c in convs))
-            log.info(f"data_gen: {len(convs)} regenerated conversations → {out}")
-    return convs
-
-
 def file_sha256(path: str | None) -> str | None:
     return sha256_file(path) if path and Path(path).is_file() else None
-
-
-def base_identity(cfg: RunConfig, base: FrozenBase) -> dict:
-    """What makes a base's hidden states what they are, cheaply: its config file's hash, its tokenizer's
-    fingerprint, and the names and sizes of its weight files (hashing many GB of weights would cost minutes)."""
-    root = Path(cfg.base.model_name_or_path)
-    weights = sorted([p.name, p.stat().st_size] for p in root.glob("*.safetensors")) if root.is_dir() else []
-    return {"config_sha256": file_sha256(root / "config.json"), "weights": weights,
-            "tokenizer": tokenizer_fingerprint(base.tokenizer), "dtype": cfg.base.dtype}
 
 
 def input_fingerprint(cfg: RunConfig, base: FrozenBase, aux_ids: list[int]) -> dict:
     """Everything the dataset depends on, by content: a conversations file edited in place (or between a kill and
     the resume) no longer matches the dataset made from it."""
     d = cfg.data
-    return {"base": base_identity(cfg, base), "conversations_sha256": file_sha256(d.conversations),
+    return {"base": base_identity(base, cfg.base.model_name_or_path),
+            "conversations_sha256": file_sha256(d.conversations),
             "regenerate": [d.regen_temperature, d.regen_max_new_tokens] if d.regenerate_to else None,
+            "regenerated_sha256": file_sha256(d.regenerate_to),
             "chat_template_sha256": file_sha256(d.chat_template), "max_length": d.max_length,
             "max_samples": d.max_samples, "ds_range": d.ds_range, "shard_size": d.shard_size,
             "hidden_dtype": d.hidden_dtype, "aux_layer_ids": aux_ids}
@@ -139,7 +115,8 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     set_chat_template(base.tokenizer, cfg.data.chat_template)
     if cfg.data.regenerate_to and world > 1:
         raise ConfigError("data.regenerate_to: regenerate in a single process first, then launch the dump")
-    samples = tokenize_all(base.tokenizer, load_conversations(base, cfg), cfg.data.max_length, "data_gen",
+    convs = training_conversations(base, cfg, "data_gen")
+    samples = tokenize_all(base.tokenizer, convs, cfg.data.max_length, "data_gen",
                            cfg.data.regenerate_to or cfg.data.conversations)
     if cfg.data.ds_range is not None:
         if len(cfg.data.ds_range) != 2 or not cfg.data.ds_range[0] <= cfg.data.ds_range[1]:

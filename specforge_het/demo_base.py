@@ -27,6 +27,7 @@ from .config.schema import DemoSection
 from .data.regenerate import regenerate_conversations
 from .data.stdlib_corpus import function_heads, stdlib_files
 from .modeling.base import FrozenBase
+from .utils.precision import bf16_pays
 from .utils.io import atomic_write_text
 
 EOS = "<|endoftext|>"
@@ -66,22 +67,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def bf16_autocast_pays(hidden: int, inner: int) -> bool:
-    """Whether bf16 autocast beats fp32 on this machine for the demo's matmul shape: one timed round of each.
-    Decided by measurement, never by a CPU model name: AVX2-only CPUs run bf16 matmuls ~20x slower than fp32."""
-    a, b = torch.randn(512, hidden), torch.randn(hidden, inner)
-
-    def seconds(bf16: bool, reps: int) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            (a @ b).sum()  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                (a @ b).sum()
-        return (time.perf_counter() - t0) / reps
-
-    fp32, bf16 = seconds(False, 8), seconds(True, 2)
-    log.info(f"demo base: bf16 autocast {'on' if bf16 < 0.8 * fp32 else 'off'} (probe: bf16 {bf16 * 1e3:.1f} ms vs "
-             f"fp32 {fp32 * 1e3:.1f} ms per matmul; CPU capability {torch.backends.cpu.get_cpu_capability()})")
-    return bf16 < 0.8 * fp32
+    """Whether bf16 autocast beats fp32 on this machine for the demo's matmul shape (utils/precision.py)."""
+    return bf16_pays(hidden, inner, "demo base: bf16 autocast")
 
 
 def train_base(demo: DemoSection, tokenizer, texts: list[str]):

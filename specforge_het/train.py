@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from .algorithms import check_packing, get_algorithm
 from .config import RunConfig, run_entry, save_resolved_config
 from .config.schema import ConfigError
-from .data.conversations import TokenizedConversations, read_conversations, set_chat_template, tokenize_all
+from .data.conversations import TokenizedConversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
 from .data.packing import PackedDataset
+from .data.self_distill import training_conversations
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
@@ -199,6 +200,24 @@ class LossProgress(ProgressCallback):
             super().on_log(args, state, control, logs, **kwargs)
 
 
+class TimeBudget(TrainerCallback):
+    """training.time_budget_s: stop after the step that crosses the budget (the drafter is saved as at the end of
+    any run), so a CPU user sets minutes instead of guessing steps."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        over = self.start is not None and time.perf_counter() - self.start > self.seconds
+        if over and not control.should_training_stop:
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                log.info(f"train: time budget of {self.seconds:.0f} s reached at step {state.global_step}; stopping")
+
+
 def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> DrafterBase:
     """The drafter the algorithm and modeling sections describe; a reduced draft vocabulary is counted from
     `dataset`."""
@@ -255,10 +274,9 @@ def training_dataset(cfg: RunConfig, base: FrozenBase):
     """offline: a data_gen dataset (ours or the official EAGLE .pt layout); online: tokenized conversations."""
     if cfg.data.mode == "online":
         set_chat_template(base.tokenizer, cfg.data.chat_template)
-        convs, report = read_conversations(cfg.data.conversations, cfg.data.max_samples)
-        log.info(f"train (online): {cfg.data.conversations}: {report.summary()}")
+        convs = training_conversations(base, cfg, "train (online)")
         return TokenizedConversations(tokenize_all(base.tokenizer, convs, cfg.data.max_length, "train (online)",
-                                                   cfg.data.conversations))
+                                                   cfg.data.regenerate_to or cfg.data.conversations))
     if cfg.data.mode != "offline":
         raise ConfigError(f"data.mode: expected offline or online, got {cfg.data.mode!r}")
     readers = {"specforge_het": HiddenStateDataset, "eagle_pt": EaglePtDataset}
@@ -344,6 +362,8 @@ def run(cfg: RunConfig, presets: list[str]) -> Path:
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgress)
+    if cfg.training.time_budget_s:
+        trainer.add_callback(TimeBudget(cfg.training.time_budget_s))
     if trainer.is_deepspeed_enabled and trainer.args.should_save:
         stage = trainer.args.hf_deepspeed_config.config["zero_optimization"]["stage"]
         log.info(f"train: DeepSpeed ZeRO-{stage} over {trainer.args.world_size} processes")

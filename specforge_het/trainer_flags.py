@@ -12,15 +12,22 @@ from .config import RunConfig
 from .config.schema import ConfigError, closest
 
 
-def precision_flags(mode: str, use_cpu: bool) -> dict:
+def precision_flags(mode: str, use_cpu: bool, probe_shape: tuple[int, int] = (1024, 4096)) -> dict:
     """TrainingArguments flags for training.mixed_precision. Autocast only: the drafter's weights (and so the
-    optimizer's master copy) stay fp32 whatever the base's dtype."""
-    if mode not in ("auto", "no", "bf16", "fp16"):
-        raise ConfigError(f"training.mixed_precision: expected auto, no, bf16 or fp16, got {mode!r}")
+    optimizer's master copy) stay fp32 whatever the base's dtype. `probe`: bf16 autocast where a one-second matmul
+    probe shows it is faster on this machine (GPUs with bf16, AVX512-BF16 / AMX CPUs), else fp32 — never decided by
+    a CPU model name. bf16 on a CPU is allowed when asked for; fp16 autocast needs a GPU."""
+    if mode not in ("auto", "no", "bf16", "fp16", "probe"):
+        raise ConfigError(f"training.mixed_precision: expected auto, no, bf16, fp16 or probe, got {mode!r}")
+    gpu_bf16 = not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if mode == "auto":
-        mode = "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if mode != "no" and use_cpu:
-        raise ConfigError(f"training.mixed_precision {mode} needs a GPU; on CPU training runs in fp32 (use auto or no)")
+        mode = "bf16" if gpu_bf16 else "no"
+    elif mode == "probe":
+        from .utils.precision import bf16_pays
+
+        mode = "bf16" if gpu_bf16 or (use_cpu and bf16_pays(*probe_shape, "train: bf16 autocast")) else "no"
+    if mode == "fp16" and use_cpu:
+        raise ConfigError("training.mixed_precision fp16 needs a GPU; on a CPU use bf16, probe or no")
     return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
@@ -116,6 +123,7 @@ def training_arguments(cfg: RunConfig, use_cpu: bool, hidden_size: int = 0,
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False, use_cpu=use_cpu,
         save_only_model=False, logging_first_step=True,
         eval_strategy="steps" if t.eval_fraction > 0 else "no", eval_steps=t.eval_steps,
-        per_device_eval_batch_size=t.per_device_train_batch_size, **precision_flags(t.mixed_precision, use_cpu),
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        **precision_flags(t.mixed_precision, use_cpu, (max(hidden_size, 256),) * 2),
         **deepspeed_flags(t.deepspeed, use_cpu, hidden_size), **fsdp_flags(t.fsdp, t.deepspeed, list(layer_classes)),
     )

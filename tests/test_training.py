@@ -108,9 +108,11 @@ def test_two_process_accelerate_run(saved_config, tmp_path):
 def test_mixed_precision_flags():
     assert precision_flags("auto", use_cpu=True) == {"bf16": False, "fp16": False}
     assert precision_flags("no", use_cpu=False) == {"bf16": False, "fp16": False}
-    with pytest.raises(ConfigError, match="needs a GPU"):
-        precision_flags("bf16", use_cpu=True)
-    with pytest.raises(ConfigError, match="expected auto, no, bf16 or fp16"):
+    assert precision_flags("bf16", use_cpu=True) == {"bf16": True, "fp16": False}  # CPU bf16 autocast, when asked
+    assert precision_flags("probe", use_cpu=True) in ({"bf16": True, "fp16": False}, {"bf16": False, "fp16": False})
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        precision_flags("fp16", use_cpu=True)
+    with pytest.raises(ConfigError, match="expected auto, no, bf16, fp16 or probe"):
         precision_flags("fp8", use_cpu=False)
 
 

@@ -5,8 +5,9 @@ engine — plus SGLang's own classes loading the SGLang export of the same draft
     python -m specforge_het.bench.serving --@demo [--benchmark.serving_drafters "['output/demo/drafter', ...]"]
         [--inference.depth 5] [--inference.num_prompts 10] [--inference.max_new_tokens 96]
 
-T = 0: both greedy (identical outputs expected). T = 1: vLLM with its default draft_sample_method (the drafter's
-top token as a point-mass draft) beside ours in the same mode, and ours drawing drafts from q (Σ min(p, q)).
+T = 0: both greedy (identical outputs expected). T = benchmark.sampling_temperature (default 1): vLLM with its default
+draft_sample_method (the drafter's top token as a point-mass draft) beside ours in the same mode, and ours drawing
+drafts from q (Σ min(p, q)).
 Writes serving.md and serving.json into benchmark.output_dir. Runs in the serving environment (built once per
 machine: python -m specforge_het.serving.env).
 """
@@ -26,6 +27,7 @@ from ..modeling.checkpoint import load_drafter
 from ..serving import check_with_sglang, run_vllm
 from ..serving.parity import acceptance, compare, reference_chain
 from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.provenance import provenance, provenance_line
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +69,16 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     refs = [hf_greedy(base, p, inf.max_new_tokens, eos)[len(p):] for p in prompts]
     exports = {d: {e: export_for(d, e, depth, cfg.base.model_name_or_path) for e in ("vllm", "sglang")}
                for d in drafters}
+    hot = b.sampling_temperature
     runs = [{"name": "base@0", "speculative_config": None, "temperature": 0.0},
-            {"name": "base@1", "speculative_config": None, "temperature": 1.0}]
+            {"name": "base@1", "speculative_config": None, "temperature": hot}]
     for d in drafters:
         v = exports[d]["vllm"]
         if isinstance(v, Path):
             method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") else "eagle"
             spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}
             runs += [{"name": f"{d}@0", "speculative_config": spec, "temperature": 0.0},
-                     {"name": f"{d}@1", "speculative_config": spec, "temperature": 1.0}]
+                     {"name": f"{d}@1", "speculative_config": spec, "temperature": hot}]
     for r in runs:
         r.update(prompts=prompts, max_tokens=inf.max_new_tokens, seed=inf.seed)
     engine = {r["name"]: r for r in run_vllm({"base": cfg.base.model_name_or_path, "runs": runs})}
@@ -91,12 +94,12 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
         for t in (0, 1):
             e = engine.get(f"{d}@{t}")
             ours = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth,
-                                   Sampling(float(t), 1.0, inf.seed, draft="greedy"))
-            row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "temperature": t,
+                                   Sampling(hot if t else 0.0, 1.0, inf.seed, draft="greedy"))
+            row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "temperature": hot if t else 0,
                    "tau_ours": acceptance(ours["metrics"])["tau"], "sglang_load_weights": sg_text,
                    "ours_identical": sum(o == r for o, r in zip(ours["outputs"], refs)) if t == 0 else None}
             if t == 1:  # our decoder's own sampling: drafts drawn from q
-                sampled = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth, Sampling(1.0))
+                sampled = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth, Sampling(hot))
                 row["tau_ours_sampled_drafts"] = acceptance(sampled["metrics"])["tau"]
             if e is None or e.get("error"):
                 row["vllm"] = exports[d]["vllm"] if e is None else e["error"]
@@ -108,8 +111,8 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
                            vllm_base_tok_s=base_run["new_tokens"] / base_run["seconds"],
                            vllm_spec_tok_s=e["new_tokens"] / e["seconds"])
             rows.append(row)
-    text = table(rows, len(prompts), depth)
-    atomic_write_json(out_dir / "serving.json", rows)
+    text = provenance_line(prov := provenance("bench.serving")) + "\n\n" + table(rows, len(prompts), depth)
+    atomic_write_json(out_dir / "serving.json", {"provenance": prov, "rows": rows})
     atomic_write_text(out_dir / "serving.md", text + "\n")
     log.info("\n" + text)
     return rows

@@ -23,6 +23,9 @@ class BaseSection:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
+    # A GGUF base: model_name_or_path is a .gguf file, `pkg:NAME` (the .gguf inside an installed package) or a folder
+    # with this file name in it; transformers dequantizes it on every load (`specforge_het.convert` does it once).
+    gguf_file: Optional[str] = None
 
 
 @dataclass
@@ -106,6 +109,9 @@ class DataSection:
     regenerate_to: Optional[str] = None  # if set: the base rewrites the assistant turns first, saved here
     regen_temperature: float = 0.7  # 0 = greedy
     regen_max_new_tokens: int = 256
+    # the base's dtype while it answers: None = base.dtype; auto = bfloat16 where a one-second probe shows bf16
+    # matmuls are faster here (AVX512-BF16 / AMX CPUs, GPUs), else float32. Hidden states are dumped in base.dtype.
+    regen_dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
     # Pack several conversations per training row (up to max_length tokens; data/packing.py): no padding, the
     # same loss. Every algorithm, offline and online.
     packing: bool = False
@@ -119,6 +125,7 @@ class TrainingSection:
     learning_rate: float = 3e-4
     num_train_epochs: float = 1.0
     max_steps: int = -1
+    time_budget_s: Optional[float] = None  # stop (and save) after the step that crosses this many seconds
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 10
@@ -136,8 +143,9 @@ class TrainingSection:
     # none | tensorboard | wandb | json, comma-separated for several (wandb: WANDB_MODE=offline needs no network)
     report_to: str = "none"
     dataloader_num_workers: int = 0
-    # auto: bf16 autocast over fp32 master weights on a GPU that has bf16, pure fp32 on CPU; or no | bf16 | fp16
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # auto: bf16 autocast over fp32 master weights on a GPU that has bf16, pure fp32 on CPU; probe: bf16 autocast
+    # wherever a one-second matmul probe shows it is faster (AVX512-BF16 / AMX CPUs too); or no | bf16 | fp16
+    mixed_precision: Literal["auto", "no", "bf16", "fp16", "probe"] = "auto"
     # A DeepSpeed config (inline mapping; see the zero2 / zero3 presets). Launch with several processes
     # (accelerate launch / deepspeed / torchrun); None = plain data parallel.
     deepspeed: Optional[dict] = None
@@ -224,7 +232,11 @@ class BenchmarkSection:
     humaneval: Optional[str] = None  # HumanEval-style JSONL: {"task_id", "prompt"}; completed as raw text, no template
     gsm8k: Optional[str] = None  # GSM8K-style JSONL: {"question", "answer"}; the question is one user turn
     max_samples: int = 10  # questions read per file (all turns of each)
+    selection: Literal["first", "spread"] = "first"  # the first max_samples rows, or rows spread over the file
+    # leave out questions that share text (an 8-word n-gram) with data.conversations / data.regenerate_to
+    exclude_training: bool = True
     output_dir: str = "output/demo/benchmark"
+    sampling_temperature: float = 1.0  # bench.serving: the temperature of its sampled rows (beside greedy)
     # bench.serving: drafters exported to and served by the real engines (demo/serving_variants.sh trains them)
     serving_drafters: list[str] = field(default_factory=lambda: [
         "output/demo/drafter", "output/demo/variants/eagle3", "output/demo/variants/eagle3_reduced_vocab",
@@ -257,6 +269,37 @@ class ExportSection:
     num_steps: int = 5  # launch command: --speculative-num-steps
     topk: int = 8  # launch command: --speculative-eagle-topk
     num_draft_tokens: int = 32  # launch command: --speculative-num-draft-tokens
+
+
+@dataclass
+class SynthSection:
+    """Prompt synthesis by the base itself (python -m specforge_het.synthesize; Magpie-style)."""
+
+    out: str = "output/synth/prompts.jsonl"
+    num_prompts: int = 1000  # instructions kept (after dedup and filters)
+    max_prompt_tokens: int = 96  # an instruction longer than this is dropped (cut, not finished)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_words: int = 4
+    batch_size: int = 32
+    seed: int = 0
+    time_budget_s: Optional[float] = None  # stop (with what is kept so far) after this many seconds
+    # the base's dtype while it writes prompts: None = base.dtype; auto = bfloat16 where a one-second probe shows bf16
+    # matmuls are faster on this machine (AVX512-BF16 / AMX CPUs, GPUs), else float32
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
+    # more held-out files (any conversation / question format) no prompt may overlap; the run's benchmark files and
+    # inference.prompts are always held out
+    heldout: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvertSection:
+    """GGUF → plain HF folder (python -m specforge_het.convert): safetensors, config, tokenizer, chat template."""
+
+    source: Optional[str] = None  # a .gguf file, `pkg:NAME` (the .gguf an installed package ships) or a folder
+    gguf_file: Optional[str] = None  # with a folder source: the file's name in it
+    out: str = "output/converted"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass
@@ -295,6 +338,8 @@ SECTIONS: dict[str, type] = {
     "benchmark": BenchmarkSection,
     "export": ExportSection,
     "serve": ServeSection,
+    "synth": SynthSection,
+    "convert": ConvertSection,
     "demo": DemoSection,
 }
 
@@ -311,6 +356,8 @@ class RunConfig:
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
     export: ExportSection = field(default_factory=ExportSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    synth: SynthSection = field(default_factory=SynthSection)
+    convert: ConvertSection = field(default_factory=ConvertSection)
     demo: DemoSection = field(default_factory=DemoSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

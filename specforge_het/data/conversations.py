@@ -19,6 +19,7 @@ import torch
 
 from ..config.schema import ConfigError
 from ..utils.io import read_text
+from .sources import is_datasets_source, iter_rows
 
 log = logging.getLogger(__name__)
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -84,6 +85,10 @@ def _normalise(row, where: str, report: ReadReport) -> list[dict] | None:
     for m in msgs:
         if m["content"] is not None and not isinstance(m["content"], str):
             raise ConfigError(f"{where}: a turn's content must be a string, got {_kind(m['content'])}")
+    if "messages" in row:  # our own self-distilled files mark answers cut at the token cap
+        for m, src in zip(msgs, row["messages"]):
+            if m["role"] == "assistant" and src.get("truncated") is True:
+                m["truncated"] = True
     good = [m for m in msgs if m["role"] in ("user", "assistant", "system") and m["content"]]
     if len(good) < len(msgs):
         report.skipped["empty or unknown-role turns"] += len(msgs) - len(good)
@@ -98,12 +103,15 @@ def normalise_row(row, where: str) -> list[dict] | None:
 
 
 def read_conversations(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], ReadReport]:
-    """Every conversation of a JSONL file (or a JSON array; gzip-compressed when the name ends in .gz), with the
-    rows it dropped counted by reason."""
+    """Every conversation of a JSONL file (or a JSON array; gzip-compressed when the name ends in .gz) — or of any
+    `datasets` source (sources.py: parquet / arrow / CSV files or folders, save_to_disk folders, hub ids), streamed
+    up to `limit` — with the rows it dropped counted by reason."""
+    report = ReadReport()
+    if is_datasets_source(str(path)):
+        return _collect(iter_rows(str(path)), report, limit)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"conversation file {path} does not exist")
-    report = ReadReport()
     text = read_text(path)
     if text.lstrip().startswith("["):
         try:
@@ -119,6 +127,10 @@ def read_conversations(path: str | Path, limit: int | None = None) -> tuple[list
                 rows.append((f"{path}:{n}", json.loads(line)))
             except json.JSONDecodeError:
                 report.skipped["lines that are not JSON"] += 1
+    return _collect(rows, report, limit)
+
+
+def _collect(rows, report: ReadReport, limit: int | None) -> tuple[list[list[dict]], ReadReport]:
     out = []
     for where, row in rows:
         msgs = _normalise(row, where, report)
@@ -167,7 +179,8 @@ def assistant_char_spans(tokenizer, messages: list[dict], text: str) -> list[tup
             continue  # a template may rewrite a system/user turn; it is not trained on anyway
         end = found + len(cand)
         if m["role"] == "assistant":
-            end += next((len(sp) for sp in specials if text.startswith(sp, end)), 0)
+            if not m.get("truncated"):  # a turn cut at a token cap did not end there: its end is not learned
+                end += next((len(sp) for sp in specials if text.startswith(sp, end)), 0)
             spans.append((found, end))
         pos = end
     return spans
@@ -178,7 +191,8 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> t
 
     A template that marks assistant text with `{% generation %}` is taken at its word (HF's own
     assistant-token mask); otherwise the turns are located in the rendered text (`assistant_char_spans`)
-    and mapped to tokens through the tokenizer's offsets. None if a turn cannot be located.
+    and mapped to tokens through the tokenizer's offsets. None if a turn cannot be located. A turn marked
+    `truncated` (cut at a generation cap) is trained on without the end-of-turn token after it.
     """
     if GENERATION_TAG.search(tokenizer.chat_template or ""):
         enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,

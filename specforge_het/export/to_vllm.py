@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from ..config.schema import ConfigError
 from .eagle1_checks import check_eagle1_layout
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .base_parts import base_architectures
 from .registry import Exporter, register_exporter
 from .to_sglang import _llama_fields, _state, block_weights
 
@@ -52,7 +53,7 @@ def _speculators_config(algorithm: str, tokens: int, base: str) -> dict:
     return {"algorithm": algorithm,
             "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": tokens}],
             "default_proposal_method": "greedy",
-            "verifier": {"name_or_path": base, "architectures": []}}
+            "verifier": {"name_or_path": base, "architectures": base_architectures(base)}}
 
 
 def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int) -> tuple[dict, dict]:

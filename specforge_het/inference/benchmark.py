@@ -20,6 +20,9 @@ from pathlib import Path
 from ..config import RunConfig, run_entry, save_resolved_config
 from ..config.schema import ConfigError
 from ..data.conversations import normalise_row, render
+from ..data.heldout import HeldOut
+from ..utils.paths import resolve_path
+from ..utils.provenance import provenance, provenance_line
 from ..utils.io import atomic_write_json, atomic_write_text, read_text
 from .divergence import check_outputs
 from .engine import base_decode_batch
@@ -42,7 +45,7 @@ class Task:
 
 def read_task(name: str, path: str, max_samples: int) -> Task:
     field, style = FORMATS[name]
-    p = Path(path)
+    p = Path(resolve_path(path))
     if not p.is_file():
         raise ConfigError(f"benchmark.{name}: no question file at {path}")
     turns = []
@@ -61,18 +64,35 @@ def read_task(name: str, path: str, max_samples: int) -> Task:
             raise ConfigError(f"{path}:{n}: a {name} row needs {field!r} as "
                               f"{'a list of non-empty strings' if field == 'turns' else 'a non-empty string'}")
         turns.append(value)
-        if len(turns) >= max_samples:
-            break
     if not turns:
         raise ConfigError(f"benchmark.{name}: {path} holds no questions")
     return Task(name, path, style, turns)
+
+
+def select(task: Task, max_samples: int, selection: str, training: HeldOut | None) -> Task:
+    """At most max_samples questions: the first ones, or spread evenly over the file (every category of an
+    MT-bench file); questions sharing text with the run's training conversations are left out first."""
+    turns = task.turns
+    if training is not None:
+        turns = [q for q in turns if not any(training.leaks(t) for t in q)]
+        if len(turns) < len(task.turns):
+            log.info(f"benchmark.{task.name}: {len(task.turns) - len(turns)} questions overlap the training "
+                     "conversations; left out")
+    if selection == "spread" and len(turns) > max_samples:
+        turns = [turns[i * len(turns) // max_samples] for i in range(max_samples)]
+    return Task(task.name, task.path, task.style, turns[:max_samples])
 
 
 def tasks_of(cfg: RunConfig) -> list[Task]:
     b = cfg.benchmark
     if b.max_samples < 1:
         raise ConfigError(f"benchmark.max_samples: expected >= 1, got {b.max_samples}")
-    tasks = [read_task(name, getattr(b, name), b.max_samples) for name in FORMATS if getattr(b, name)]
+    training = None
+    if b.exclude_training:
+        files = [f for f in (cfg.data.conversations, cfg.data.regenerate_to) if f and Path(f).is_file()]
+        training = HeldOut.from_files(files) if files else None
+    tasks = [select(read_task(name, getattr(b, name), b.max_samples), b.max_samples, b.selection, training)
+             for name in FORMATS if getattr(b, name)]
     if not tasks:
         raise ConfigError("benchmark: no question files given (set benchmark.mt_bench, benchmark.humaneval "
                           "and/or benchmark.gsm8k)")
@@ -119,7 +139,8 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     warm = [tok("def f():", add_special_tokens=True)["input_ids"]]
     base_dec(warm)
     spec_dec(strategy_params(cfg, strategies[0]))(warm)
-    report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path),
+    report = {"provenance": provenance("inference.benchmark"), "base": cfg.base.model_name_or_path,
+              "drafter": speculate.name(inf.drafter_path),
               "max_new_tokens": inf.max_new_tokens,
               "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
               "max_samples": b.max_samples, "rows": []}
@@ -177,6 +198,8 @@ def summary_table(report: dict) -> str:
              "| task | strategy | depth | top_k | nodes | τ | tok/s | base tok/s | speedup | iter/base step "
              "| identical | peak MiB (spec / base) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    if report.get("provenance"):
+        lines.insert(1, provenance_line(report["provenance"]))
     for r in report["rows"]:
         ident = f"{r['identical']}/{r['turns']}" if r["identical"] >= 0 else "sampled"
         if r.get("near_ties"):

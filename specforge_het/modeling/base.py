@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from ..config.schema import BaseSection, ConfigError
+from ..utils.hf_compat import cache_kw
+from .gguf import is_gguf_source, load_gguf
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +45,9 @@ def check_model_path(path: str, what: str) -> None:
     # "org/name" whose "org" is no local folder is a hub id; everything else is a local path.
     looks_local = p.exists() or p.is_absolute() or path.startswith(".") or path.count("/") != 1 or p.parent.is_dir()
     if looks_local and not (p / "config.json").is_file():
-        hint = " (build the demo base with `python -m specforge_het.demo_base`)" if "demo_base" in path else ""
+        hint = " (build the demo base with `python -m specforge_het.demo_base`)" if "demo_base" in path else (
+            " (convert a GGUF once with `python -m specforge_het.convert`, e.g. --@smollm2)" if "smollm2" in path
+            else "")
         raise ConfigError(f"{what}: no model at {path!r} (expected a folder with config.json){hint}")
 
 
@@ -82,6 +86,21 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     return hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode()).hexdigest()[:16]
+
+
+def base_identity(base, path: str | None = None) -> dict:
+    """What makes a base's outputs what they are, cheaply: its config file's hash, its tokenizer's fingerprint,
+    the names and sizes of its weight files (hashing many GB of weights would cost minutes) and its dtype."""
+    import hashlib
+
+    root = Path(path or getattr(base.model, "name_or_path", "") or ".")
+    config = root / "config.json"
+    weights = sorted([p.name, p.stat().st_size] for p in root.glob("*.safetensors")) if root.is_dir() else []
+    if root.is_file():  # a GGUF file
+        weights = [[root.name, root.stat().st_size]]
+    return {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
+            "weights": weights, "tokenizer": tokenizer_fingerprint(base.tokenizer),
+            "dtype": next(n for n, d in DTYPES.items() if d == base.dtype)}
 
 
 @dataclass
@@ -150,7 +169,7 @@ class FrozenBase:
         if (self.compiled is not None and self.num_layers - 1 not in (feature_layers or ())
                 and past_key_values is not None and past_key_values.get_seq_length() > 0):
             out = self.compiled(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, use_cache=True, output_hidden_states=True)
+                                **cache_kw(past_key_values), use_cache=True, output_hidden_states=True)
             if feature_layers:
                 return torch.cat([out.hidden_states[k + 1] for k in feature_layers], dim=-1), out.logits
             return out.hidden_states[-1], out.logits
@@ -159,7 +178,7 @@ class FrozenBase:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **cache_kw(past_key_values),
                 use_cache=past_key_values is not None,
                 output_hidden_states=not feature_layers,
             )
@@ -186,7 +205,7 @@ class FrozenBase:
         try:
             with self._capturing(feature_layers or ()) as captured:
                 out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                               position_ids=position_ids, past_key_values=past_key_values,
+                                               position_ids=position_ids, **cache_kw(past_key_values),
                                                use_cache=past_key_values is not None)
         finally:
             hook.remove()
@@ -271,10 +290,14 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def load_base(section: BaseSection, device: torch.device | None = None) -> FrozenBase:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_model_path(section.model_name_or_path, "base.model_name_or_path")
     dtype = resolve_dtype(section.dtype, "base.dtype")
     device = device or resolve_device(section.device)
     path = section.model_name_or_path
+    if is_gguf_source(path, section.gguf_file):
+        model, tokenizer = load_gguf(path, section.gguf_file, dtype, section.trust_remote_code)
+        model.to(device)
+        return FrozenBase(model=freeze(model), tokenizer=tokenizer, device=device, dtype=dtype)
+    check_model_path(path, "base.model_name_or_path")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=section.trust_remote_code)
     except Exception as e:  # tokenizers / transformers raise many types for a broken tokenizer file

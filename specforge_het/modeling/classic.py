@@ -19,6 +19,7 @@ from .compat import base_meta
 from .drafter_base import DrafterBase
 from .masks import causal_mask, packed_causal_mask, padded_causal_mask
 from . import ttt_attention
+from ..utils.hf_compat import cache_kw
 
 
 @register_architecture("classic_drafter")
@@ -47,7 +48,7 @@ class ClassicDrafter(DrafterBase):
             attention_mask = causal_mask(input_ids.shape[1], dtype, input_ids.device, past_key_values.get_seq_length())
         extra = {"ttt_state": ttt_state} if ttt_state is not None else {}
         out = self.lm.model(input_ids=input_ids, position_ids=position_ids + 1, attention_mask=attention_mask,
-                            past_key_values=past_key_values, use_cache=past_key_values is not None, **extra)
+                            **cache_kw(past_key_values), use_cache=past_key_values is not None, **extra)
         return out.last_hidden_state
 
     def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor, cache,
@@ -61,7 +62,7 @@ class ClassicDrafter(DrafterBase):
         ids = torch.cat([first, next_tokens], dim=1)
         slots = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
         out = self.lm.model(input_ids=ids, position_ids=torch.cat([positions[:, :1] * 0, positions + 1], dim=1),
-                            attention_mask=padded_causal_mask(slots, None, self.lm.dtype), past_key_values=cache,
+                            attention_mask=padded_causal_mask(slots, None, self.lm.dtype), **cache_kw(cache),
                             use_cache=True)
         return out.last_hidden_state[:, 1:], slots
 

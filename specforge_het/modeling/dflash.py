@@ -30,6 +30,7 @@ from .compat import require_own_parts_for_width
 from .drafter_base import DrafterBase, build_for_base
 from .family import family_stack, rope_kwargs
 from .masks import additive_mask
+from ..utils.hf_compat import cache_kw
 
 
 def block_feature_layers(num_layers: int) -> list[int]:
@@ -100,7 +101,7 @@ class DFlashDrafter(DrafterBase):
         for layer in self.layers:
             x = torch.cat([context, layer.input_layernorm(h)], 1)
             attn = layer.self_attn(hidden_states=x, position_embeddings=pos_emb, attention_mask=attention_mask,
-                                   past_key_values=past_key_values, use_cache=past_key_values is not None,
+                                   **cache_kw(past_key_values), use_cache=past_key_values is not None,
                                    position_ids=pos)[0]
             h = h + attn[:, n_ctx:]
             mlp = layer.mlp(layer.post_attention_layernorm(h))

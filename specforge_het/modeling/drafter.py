@@ -22,6 +22,7 @@ from .checkpoint import register_architecture
 from .drafter_base import DrafterBase, build_for_base
 from .family import family_stack, rope_kwargs
 from .masks import causal_mask
+from ..utils.hf_compat import cache_kw
 
 __all__ = ["EagleDrafter", "build_drafter", "causal_mask"]
 
@@ -68,7 +69,7 @@ class EagleDrafter(DrafterBase):
         extra = {"ttt_state": ttt_state} if ttt_state is not None else {}
         for layer in self.layers:
             out = layer(x, attention_mask=attention_mask, position_ids=position_ids,
-                        past_key_values=past_key_values, use_cache=past_key_values is not None,
+                        **cache_kw(past_key_values), use_cache=past_key_values is not None,
                         position_embeddings=pos_emb, **extra)
             x = out[0] if isinstance(out, tuple) else out
         return self.out_proj(x) if self.out_proj is not None else x

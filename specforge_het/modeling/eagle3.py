@@ -25,6 +25,7 @@ from .compat import require_own_parts_for_width
 from .drafter_base import DrafterBase, build_for_base
 from .family import family_stack, rope_kwargs
 from .masks import causal_mask
+from ..utils.hf_compat import cache_kw
 
 
 def default_feature_layers(num_layers: int) -> list[int]:
@@ -57,7 +58,7 @@ class Midlayer(nn.Module):
     def forward(self, emb, hidden, position_embeddings, attention_mask, past_key_values, **kwargs):
         x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
         attn = self.self_attn(hidden_states=x, position_embeddings=position_embeddings, attention_mask=attention_mask,
-                              past_key_values=past_key_values, **kwargs)[0]
+                              **cache_kw(past_key_values), **kwargs)[0]
         hidden = hidden + attn
         mlp = self.mlp(self.post_attention_layernorm(hidden))
         return hidden + (mlp[0] if isinstance(mlp, tuple) else mlp)

@@ -27,6 +27,7 @@ from ..modeling.classic import ClassicDrafter
 from ..modeling.compat import base_meta
 from ..modeling.masks import causal_mask
 from .quantize import quantize_linears, resolve_backend
+from ..utils.hf_compat import cache_kw
 
 
 class SubstituteDrafter(ClassicDrafter):
@@ -104,7 +105,7 @@ class SharedSubstituteDrafter(SubstituteDrafter):
     def _run(self, blocks, x, positions, mask, cache):
         pos_emb = self.lm.model.rotary_emb(x, positions)
         for block in blocks:
-            out = block(x, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            out = block(x, attention_mask=mask, position_ids=positions, **cache_kw(cache), use_cache=True,
                         position_embeddings=pos_emb)
             x = out[0] if isinstance(out, tuple) else out
         return x

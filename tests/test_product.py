@@ -1,0 +1,112 @@
+"""The product surface: the specforge-het console script, optional extras reported in one line, provenance beside
+results, the transformers cache argument, and what exports read from the base's folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from specforge_het import __version__
+from specforge_het.cli import STAGES, bench_names, help_text, resolve
+from specforge_het.config.schema import ConfigError
+from specforge_het.utils import extras
+from specforge_het.utils.provenance import provenance, provenance_line
+
+
+def test_console_script_lists_every_stage_and_benchmark():
+    text = help_text()
+    assert __version__ in text
+    for name in [*STAGES, *(f"bench {b}" for b in bench_names())]:
+        assert f"  {name} " in text
+    assert {"serving", "iteration_cost", "variants"} <= set(bench_names())
+    assert resolve(["train", "--@demo"]) == ("specforge_het.train", ["--@demo"])
+    assert resolve(["bench", "serving", "--x.y", "1"]) == ("specforge_het.bench.serving", ["--x.y", "1"])
+
+
+@pytest.mark.parametrize("argv, expected", [(["trian"], "did you mean 'train'"),
+                                            (["bench", "servin"], "did you mean 'serving'"), (["bench"], "valid: ")])
+def test_console_script_refuses_unknown_names_in_one_line(argv, expected):
+    done = subprocess.run([sys.executable, "-m", "specforge_het.cli", *argv], capture_output=True, text=True)
+    assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_subcommand_help_is_the_stage_help():
+    done = subprocess.run([sys.executable, "-m", "specforge_het.cli", "synthesize", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "--synth.num_prompts" in done.stdout and "--@smollm2" in done.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setattr(extras, "have", lambda module: False)
+    monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name: None)
+    for module, extra in (("gguf", "gguf"), ("peft", "lora"), ("datasets", "data"), ("matplotlib", "plot")):
+        with pytest.raises(ConfigError, match=rf"pip install 'specforge_het\[{extra}\]'"):
+            extras.require(module)
+
+
+def test_acceptance_png_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    from specforge_het.inference import measure
+
+    monkeypatch.setattr(measure, "have", lambda module: False)
+    out = measure.write_acceptance_png([], tmp_path / "a.png", "t")
+    assert out == tmp_path / "a.png" and not out.exists()
+
+
+def test_provenance_names_command_commit_machine_and_cpu_class():
+    p = provenance("inference.benchmark")
+    assert p["command"].startswith("python -m specforge_het.inference.benchmark")
+    assert p["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and p["cores"] >= 1
+    line = provenance_line(p)
+    for part in (p["command"], p["date"], f"CPU capability {p['cpu_capability']}", "commit"):
+        assert part in line
+
+
+def test_hot_path_passes_the_cache_under_the_installed_name(tiny_base):
+    from transformers import DynamicCache
+
+    from specforge_het.config.schema import BaseSection
+    from specforge_het.modeling.base import load_base
+
+    base = load_base(BaseSection(model_name_or_path=tiny_base))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    cache = DynamicCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("transformers").addHandler(handler)
+        try:
+            base.forward(ids[:, :3], past_key_values=cache)
+            base.forward(ids[:, 3:], position_ids=torch.tensor([[3]]), past_key_values=cache)
+        finally:
+            logging.getLogger("transformers").removeHandler(handler)
+    assert cache.get_seq_length() == 4
+    assert not [r for r in records if "deprecated" in r.getMessage()]
+
+
+def test_exports_read_the_base_folder(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    from specforge_het.export.base_parts import base_architectures, base_head_weight
+
+    assert base_architectures(tiny_base) == ["LlamaForCausalLM"] and base_architectures("org/hub-id") == []
+    state = load_file(f"{tiny_base}/model.safetensors")
+    head = state.get("lm_head.weight", state.get("model.embed_tokens.weight"))
+    assert torch.equal(base_head_weight(tiny_base), head) and base_head_weight(str(tmp_path)) is None
+    cfg = json.loads(open(f"{tiny_base}/config.json").read())
+    assert head.shape == (cfg["vocab_size"], cfg["hidden_size"])
+
+
+def test_cli_reference_is_current():
+    """docs/reference/cli.md is generated from the schema, presets and console script: regenerate it
+    (python -m specforge_het.reference_docs) whenever one of them changes."""
+    from specforge_het.reference_docs import OUT, render
+
+    assert OUT.read_text() == render()
