@@ -248,13 +248,16 @@ def test_demo_precision_is_chosen_by_measurement():
     assert RunConfig().demo.bf16_autocast is None
     a, b = torch.randn(1024, 256), torch.randn(256, 704)
 
-    def per_matmul(bf16: bool) -> float:
+    def per_matmul(bf16: bool) -> float:  # the fastest of five rounds: contention only ever adds time
+        best = float("inf")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             a @ b
-            t0 = time.perf_counter()
-            for _ in range(6):
-                a @ b
-        return (time.perf_counter() - t0) / 6
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(6):
+                    a @ b
+                best = min(best, (time.perf_counter() - t0) / 6)
+        return best
 
     ratio = per_matmul(True) / per_matmul(False)
     verdict = bf16_autocast_pays(256, 704)

@@ -186,3 +186,16 @@ def test_time_budget_stops_training():
         time.sleep(0.02)
         cb.on_step_end(None, state, control)
         assert control.should_training_stop is stops
+
+
+def test_benchmark_selection_spreads_and_leaves_out_training_questions(tmp_path):
+    from specforge_het.inference.benchmark import Task, select
+
+    turns = [[f"question number {i} about topic {i} with enough words to count here"] for i in range(10)]
+    task = Task("mt_bench", "q.jsonl", "chat", turns)
+    assert select(task, 3, "first", None).turns == turns[:3]
+    assert select(task, 3, "spread", None).turns == [turns[0], turns[3], turns[6]]
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"prompt": turns[3][0]}) + "\n")
+    kept = select(task, 10, "first", HeldOut.from_files([str(train)])).turns
+    assert turns[3] not in kept and len(kept) == 9

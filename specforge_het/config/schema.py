@@ -234,7 +234,7 @@ class BenchmarkSection:
     max_samples: int = 10  # questions read per file (all turns of each)
     selection: Literal["first", "spread"] = "first"  # the first max_samples rows, or rows spread over the file
     # leave out questions that share text (an 8-word n-gram) with data.conversations / data.regenerate_to
-    exclude_training: bool = True
+    exclude_training: bool = False
     output_dir: str = "output/demo/benchmark"
     sampling_temperature: float = 1.0  # bench.serving: the temperature of its sampled rows (beside greedy)
     # bench.serving: drafters exported to and served by the real engines (demo/serving_variants.sh trains them)

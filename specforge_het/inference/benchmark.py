@@ -78,6 +78,9 @@ def select(task: Task, max_samples: int, selection: str, training: HeldOut | Non
         if len(turns) < len(task.turns):
             log.info(f"benchmark.{task.name}: {len(task.turns) - len(turns)} questions overlap the training "
                      "conversations; left out")
+    if not turns:
+        raise ConfigError(f"benchmark.{task.name}: every question of {task.path} shares text with the training "
+                          "conversations (benchmark.exclude_training); benchmark on held-out questions")
     if selection == "spread" and len(turns) > max_samples:
         turns = [turns[i * len(turns) // max_samples] for i in range(max_samples)]
     return Task(task.name, task.path, task.style, turns[:max_samples])
