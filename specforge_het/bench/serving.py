@@ -65,6 +65,7 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     base = load_base(cfg.base)
     prompts, eos, depth = load_prompts(cfg, base.tokenizer), eos_ids(base), inf.depth
     out_dir = Path(b.output_dir)
+    prov = provenance("bench.serving")  # at the start: the commit and date the run began with
     save_resolved_config(cfg, out_dir, "bench.serving", presets)
     refs = [hf_greedy(base, p, inf.max_new_tokens, eos)[len(p):] for p in prompts]
     exports = {d: {e: export_for(d, e, depth, cfg.base.model_name_or_path) for e in ("vllm", "sglang")}
@@ -111,7 +112,7 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
                            vllm_base_tok_s=base_run["new_tokens"] / base_run["seconds"],
                            vllm_spec_tok_s=e["new_tokens"] / e["seconds"])
             rows.append(row)
-    text = provenance_line(prov := provenance("bench.serving")) + "\n\n" + table(rows, len(prompts), depth)
+    text = provenance_line(prov) + "\n\n" + table(rows, len(prompts), depth)
     atomic_write_json(out_dir / "serving.json", {"provenance": prov, "rows": rows})
     atomic_write_text(out_dir / "serving.md", text + "\n")
     log.info("\n" + text)
