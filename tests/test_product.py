@@ -2,7 +2,6 @@
 results, the transformers cache argument, and what exports read from the base's folder."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -91,17 +90,10 @@ def test_hot_path_passes_the_cache_under_the_installed_name(tiny_base):
     assert not [r for r in records if "deprecated" in r.getMessage()]
 
 
-def test_exports_read_the_base_folder(tiny_base, tmp_path):
-    from safetensors.torch import load_file
-
-    from specforge_het.export.base_parts import base_architectures, base_head_weight
+def test_exports_read_the_base_folder(tiny_base):
+    from specforge_het.export.base_parts import base_architectures
 
     assert base_architectures(tiny_base) == ["LlamaForCausalLM"] and base_architectures("org/hub-id") == []
-    state = load_file(f"{tiny_base}/model.safetensors")
-    head = state.get("lm_head.weight", state.get("model.embed_tokens.weight"))
-    assert torch.equal(base_head_weight(tiny_base), head) and base_head_weight(str(tmp_path)) is None
-    cfg = json.loads(open(f"{tiny_base}/config.json").read())
-    assert head.shape == (cfg["vocab_size"], cfg["hidden_size"])
 
 
 def test_cli_reference_is_current():

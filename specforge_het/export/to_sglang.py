@@ -5,8 +5,7 @@ EAGLE-3 → `LlamaForCausalLMEagle3`: `midlayer.*` (q/k/v in_features 2·H), `fc
 config with `draft_vocab_size`, `target_hidden_size`, `eagle_config.eagle_aux_hidden_state_layer_ids`, and the
 EAGLE-3.1 flags `fc_norm` (weights `fc_norm.{i}.weight`) and `norm_output`.
 EAGLE-1/2 → `LlamaForCausalLMEagle` / `Qwen2ForCausalLMEagle` / `MistralForCausalLMEagle`: `fc.weight`, `fc.bias`,
-`layers.N.*` with no input norm on layer 0, and `lm_head.weight` = the base's head (its embedding when tied: SGLang's
-worker replaces it with the target's, but fails over tied targets without it); embeddings come from the target.
+`layers.N.*` with no input norm on layer 0; lm_head and embeddings come from the target.
 
 DFlash → `DFlashDraftModel`, DSpark → `Qwen3DSparkModel` (`block_to_sglang`): `layers.N.*` (Qwen3), `fc.weight`,
 `hidden_norm.weight`, `norm.weight` (+ `markov_head.*`, `confidence_head.proj.*`), `dflash_config`.
@@ -23,7 +22,6 @@ import torch
 from safetensors.torch import save_file
 
 from ..config.schema import ConfigError
-from .base_parts import base_head_weight
 from .eagle1_checks import check_eagle1_layout
 from ..modeling.draft_config import head_dim_of
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -210,12 +208,6 @@ def export_sglang(drafter, out: Path, dtype: Optional[torch.dtype], base: str, s
                   tokens: int) -> Path:
     EXPORTER.check(drafter)
     config, weights = CONVERTERS[drafter.ARCHITECTURE](drafter, dtype)
-    if drafter.ARCHITECTURE == "eagle_drafter" and "lm_head.weight" not in weights:
-        # SGLang's EAGLE worker swaps in the target's head (set_embed_and_head), but over a base with tied embeddings
-        # it fails unless the draft brings an untied lm_head of its own: write the base's head (what it uses anyway).
-        head = base_head_weight(base)
-        if head is not None:
-            weights["lm_head.weight"] = head.to(weights["fc.weight"].dtype).contiguous()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", config)
