@@ -16,3 +16,9 @@ def closest(name: str, valid: typing.Iterable[str]) -> str:
     if near:
         return "did you mean " + " or ".join(repr(v) for v in near) + "?"
     return "valid: " + ", ".join(valid[:40]) + (" ..." if len(valid) > 40 else "")
+
+
+def first_line(e: Exception) -> str:
+    """`Type: first line of the message` — how a third-party exception appears inside one of our one-line errors."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from ..config.errors import ConfigError
+from ..config.errors import ConfigError, first_line
 from ..utils.extras import require
 
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json",
@@ -25,11 +25,6 @@ def is_datasets_source(path: str) -> bool:
     # org/name whose org is no local folder and whose name is no file name of ours: a hub dataset id
     return (path.count("/") == 1 and not path.startswith((".", "/")) and not p.parent.is_dir()
             and p.suffix not in (".jsonl", ".json", ".gz"))
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _split(ds, where: str):
@@ -66,7 +61,7 @@ def open_source(path: str):
     except ConfigError:
         raise
     except Exception as e:  # datasets raises many types: a missing hub (offline), a corrupt file, a schema clash
-        raise ConfigError(f"data.conversations {path}: `datasets` cannot read it ({_first_line(e)})") from None
+        raise ConfigError(f"data.conversations {path}: `datasets` cannot read it ({first_line(e)})") from None
 
 
 def iter_rows(path: str) -> Iterator[tuple[str, object]]:
@@ -77,4 +72,4 @@ def iter_rows(path: str) -> Iterator[tuple[str, object]]:
     except ConfigError:
         raise
     except Exception as e:  # a streamed file that breaks half-way
-        raise ConfigError(f"data.conversations {path}: reading failed ({_first_line(e)})") from None
+        raise ConfigError(f"data.conversations {path}: reading failed ({first_line(e)})") from None

@@ -13,13 +13,13 @@ that way, so `convert` copies its state dict into a fresh model of the same conf
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from ..config.errors import ConfigError
+from ..config.errors import ConfigError, first_line
+from ..utils.extras import require
 from ..utils.paths import PKG_PREFIX, package_dir, resolve_path
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,7 @@ def locate(path: str, gguf_file: str | None = None) -> tuple[Path, str]:
 
 
 def require_gguf() -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise ConfigError("GGUF bases need the `gguf` package: pip install 'specforge_het[gguf]'")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    require("gguf")
 
 
 def load_gguf(path: str, gguf_file: str | None, dtype, trust_remote_code: bool = False):
@@ -76,12 +70,12 @@ def load_gguf(path: str, gguf_file: str | None, dtype, trust_remote_code: bool =
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
     except Exception as e:  # an unsupported tokenizer model in the GGUF metadata
-        raise ConfigError(f"{where}: its tokenizer cannot be read from the GGUF ({_first_line(e)})") from None
+        raise ConfigError(f"{where}: its tokenizer cannot be read from the GGUF ({first_line(e)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     except Exception as e:  # an architecture or quantization type transformers' GGUF reader does not know
-        raise ConfigError(f"{where}: transformers cannot load this GGUF ({_first_line(e)}); see transformers' "
+        raise ConfigError(f"{where}: transformers cannot load this GGUF ({first_line(e)}); see transformers' "
                           "GGUF docs for the supported architectures and quantization types") from None
     _check_chat_template(folder / name, tokenizer)
     return model, tokenizer
@@ -104,9 +98,9 @@ def convert(source: str, gguf_file: str | None, out: str | Path, dtype) -> Path:
 
     model, tokenizer = load_gguf(source, gguf_file, dtype)
     config = model.config
-    for key in ("quantization_config", "_name_or_path"):
-        if hasattr(config, key):
-            delattr(config, key) if key == "quantization_config" else setattr(config, key, "")
+    if hasattr(config, "quantization_config"):  # the saved folder holds plain (dequantized) weights
+        del config.quantization_config
+    config._name_or_path = ""
     plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     # tied heads appear as missing lm_head.weight; anything else means the copy is not the model
