@@ -13,8 +13,9 @@ import json
 import logging
 from pathlib import Path
 
-from .config import RunConfig, run_entry, save_resolved_config
-from .config.schema import ConfigError
+from .config.cli import run_entry, save_resolved_config
+from .config.schema import RunConfig
+from .config.errors import ConfigError
 from .modeling.base import resolve_dtype
 from .modeling.gguf import convert, locate, require_gguf
 

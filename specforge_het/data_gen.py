@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from .algorithms import get_algorithm
-from .config import RunConfig, run_entry, save_resolved_config
-from .config.schema import ConfigError
+from .config.cli import run_entry, save_resolved_config
+from .config.schema import RunConfig
+from .config.errors import ConfigError
 from .data.conversations import set_chat_template, tokenize_all
 from .data.self_distill import training_conversations
 from .data.shards import MANIFEST, ShardWriter, merge_datasets

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .config import RunConfig, run_entry, save_resolved_config
+from .config.cli import run_entry, save_resolved_config
+from .config.schema import RunConfig
 from .config.schema import DemoSection
 from .data.regenerate import regenerate_conversations
 from .data.stdlib_corpus import function_heads, stdlib_files

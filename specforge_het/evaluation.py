@@ -1,6 +1,7 @@
-"""In-training evaluation of a drafter on held-out data, with no server: the algorithm's loss and accuracies, and
-the *simulated τ* — the acceptance length chain drafting of depth k would get, from teacher-forced unrolled
-drafting (algorithms/unroll.py). Written as JSON and as a PNG of acceptance per draft position.
+"""Evaluation of a drafter on held-out data, with no server: the algorithm's loss and accuracies, and the
+*simulated τ* — the acceptance length chain drafting of depth k would get, from teacher-forced unrolled drafting
+(algorithms/unroll.py) or the family's own rule. Training reports it (JSON + a PNG of acceptance per draft position)
+and inference compares it with the decoder's τ: the one place simulated acceptance is computed.
 """
 from __future__ import annotations
 
@@ -10,8 +11,49 @@ from pathlib import Path
 
 import torch
 
-from .algorithms.unroll import simulated_acceptance, simulated_tau
+from .algorithms import ALGORITHMS
+from .algorithms.unroll import drafter_features, shifted, unroll
 from .utils.io import atomic_write, atomic_write_text
+
+
+def simulation_rule(drafter):
+    """The simulated-acceptance rule of the family that trains this drafter's architecture, or None (unrolled)."""
+    arch = getattr(drafter, "ARCHITECTURE", None)
+    return next((a.simulate for _, a in ALGORITHMS.items() if a.simulate is not None and a.architecture == arch), None)
+
+
+@torch.no_grad()
+def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chain drafting of `depth` simulated over the batch, as counts per draft position i < depth: (accepted,
+    eligible). A draft token is accepted when it is the base's greedy choice. Position i is *eligible* at a row when
+    the chain got there (positions < i accepted) and the teacher-forced input tokens equal what inference would have
+    fed (the data followed the base's greedy choice so far). accepted/eligible estimates P(accept i | reached i);
+    on the base's own greedy outputs every reached position is eligible and the estimate is exact.
+    Rows: loss-masked, with the whole chain inside the sequence. A family with its own rule (`Algorithm.simulate`:
+    block drafters draft from anchors) is measured by that rule instead.
+    """
+    rule = simulation_rule(drafter)
+    if rule is not None:
+        return rule(drafter, batch, depth)
+    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
+    rows = ids.shape[1] - 1
+    t = torch.arange(rows, device=ids.device)
+    eligible_now = shifted(mask, 1, rows).bool() & (t + 1 + depth < ids.shape[1])[None]
+    accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
+    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, depth):
+        greedy = drafter.base_lm_head(shifted(last, 1 + i, rows).to(drafter.base_lm_head.weight.dtype)).argmax(-1)
+        drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))
+        hit = eligible_now & (drafted == greedy)
+        eligible[i], accepted[i] = int(eligible_now.sum()), int(hit.sum())
+        eligible_now = hit & (shifted(ids, 2 + i, rows) == greedy)
+    return accepted, eligible
+
+
+def simulated_tau(accepted: torch.Tensor, eligible: torch.Tensor) -> tuple[float, list[float]]:
+    """τ = 1 + Σ_i P(≥ i+1 accepted), with P(≥ i+1) = Π_{j ≤ i} accepted_j / eligible_j (pooled counts)."""
+    rates = accepted.double() / eligible.clamp_min(1).double()
+    reach = torch.cumprod(rates, 0)
+    return 1.0 + float(reach.sum()), reach.tolist()
 
 
 @torch.no_grad()

@@ -34,11 +34,11 @@ def render() -> str:
     lines += [f"| `bench {b}` | `python -m specforge_het.bench.{b}` | {_cell(summary_of('specforge_het.bench.' + b))} |"
               for b in bench_names()]
     lines += ["", "## Presets", "", "| preset | file | what it sets |", "|---|---|---|"]
-    root = Path(__file__).resolve().parent / "configs"
+    package = Path(__file__).resolve().parent
     descriptions = preset_descriptions()
     for name, path in sorted(available_presets().items()):
-        rel = path.relative_to(root) if path.is_relative_to(root) else path.name
-        lines.append(f"| `--@{name}` | `configs/{rel}` | {_cell(descriptions.get(name, ''))} |")
+        rel = f"specforge_het/{path.relative_to(package)}" if path.is_relative_to(package) else path.name
+        lines.append(f"| `--@{name}` | `{rel}` | {_cell(descriptions.get(name, ''))} |")
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         lines += ["", f"## [{section}]", "", doc, "", "| key | type | default |", "|---|---|---|"]

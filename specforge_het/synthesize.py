@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import RunConfig, run_entry, save_resolved_config
+from .config.cli import run_entry, save_resolved_config
+from .config.schema import RunConfig
 from .data.synthesize import synthesize
 from .modeling.base import load_base
 from .utils.precision import resolve_auto_dtype

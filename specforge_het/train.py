@@ -21,8 +21,9 @@ from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from .algorithms import check_packing, get_algorithm
-from .config import RunConfig, run_entry, save_resolved_config
-from .config.schema import ConfigError
+from .config.cli import run_entry, save_resolved_config
+from .config.schema import RunConfig
+from .config.errors import ConfigError
 from .data.conversations import TokenizedConversations, set_chat_template, tokenize_all
 from .data.eagle_pt import EaglePtDataset
 from .data.packing import PackedDataset
@@ -30,7 +31,8 @@ from .data.self_distill import training_conversations
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
-from .modeling.checkpoint import load_checked_state, read_drafter_config, read_safetensors
+from .modeling.checkpoint import load_checked_state, read_drafter_config
+from .modeling.safetensors_io import read_safetensors
 from .modeling.drafter_base import DrafterBase
 from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
 from .modeling.vocab import target_token_counts, top_tokens

@@ -8,8 +8,8 @@ import importlib.util
 import torch
 from transformers import TrainingArguments
 
-from .config import RunConfig
-from .config.schema import ConfigError, closest
+from .config.schema import RunConfig
+from .config.errors import ConfigError, closest
 
 
 def precision_flags(mode: str, use_cpu: bool, probe_shape: tuple[int, int] = (1024, 4096)) -> dict:

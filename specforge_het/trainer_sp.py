@@ -11,7 +11,8 @@ import logging
 from contextlib import contextmanager
 from typing import Optional
 
-from .config.schema import ConfigError
+from .algorithms import ALGORITHMS
+from .config.errors import ConfigError
 from .modeling.sequence_parallel import SequenceParallel, check_sizes, make_groups
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,7 @@ log = logging.getLogger(__name__)
 def check_algorithm(algorithm, size: int) -> None:
     """Only losses that split their rows over a group (`Algorithm.sequence_parallel`) can honour P > 1."""
     if size > 1 and not algorithm.sequence_parallel:
-        from .algorithms import _REGISTRY
-
-        able = sorted(name for name, a in _REGISTRY.items() if a.sequence_parallel)
+        able = ALGORITHMS.where(lambda a: a.sequence_parallel)
         raise ConfigError(f"training.sequence_parallel: not supported by the {algorithm.name} algorithm (supported: "
                           f"{', '.join(able)}); use 1")
 

@@ -5,11 +5,13 @@ import torch
 from transformers import DynamicCache
 
 from specforge_het.algorithms import get_algorithm
-from specforge_het.algorithms.unroll import simulated_acceptance, simulated_tau, unroll
+from specforge_het.algorithms.unroll import unroll
+from specforge_het.evaluation import simulated_acceptance, simulated_tau
 from specforge_het.config.schema import AlgorithmSection, ConfigError, ModelingSection
 from specforge_het.inference.engine import speculative_decode
 from specforge_het.modeling.drafter_base import load_drafter
-from specforge_het.modeling.eagle3 import Eagle3Drafter, default_feature_layers
+from specforge_het.families.eagle3.model import Eagle3Drafter
+from specforge_het.modeling.feature_layers import default_feature_layers
 
 from test_hetero import EOS, PROMPTS, assert_lossless, tiny_base
 

@@ -5,12 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specforge_het.algorithms import get_algorithm
-from specforge_het.algorithms.dflash import block_outputs, eligible_anchors
-from specforge_het.algorithms.unroll import simulated_acceptance, simulated_tau
+from specforge_het.families.block_common.train import block_outputs, eligible_anchors
+from specforge_het.evaluation import simulated_acceptance, simulated_tau
 from specforge_het.config.schema import AlgorithmSection, ConfigError, ModelingSection
 from specforge_het.inference.accept import Sampling
 from specforge_het.inference.engine import base_decode, speculative_decode, speculative_decode_batch
-from specforge_het.inference.proposers.block import caterpillar_tree
+from specforge_het.families.block_common.proposer import caterpillar_tree
 from specforge_het.inference.tree import ancestor_matrix
 from specforge_het.modeling.drafter_base import load_drafter
 

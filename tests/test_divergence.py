@@ -11,7 +11,7 @@ from specforge_het.inference import __main__ as inference
 from specforge_het.inference import divergence, verify
 from specforge_het.inference.accept import path_indices, take
 from specforge_het.modeling.base import load_base
-from specforge_het.modeling.drafter import build_drafter
+from specforge_het.families.eagle.model import build_drafter
 
 
 def test_ulp_is_the_dtype_spacing():

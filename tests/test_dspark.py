@@ -6,13 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specforge_het.algorithms import get_algorithm
-from specforge_het.algorithms.dflash import block_outputs
-from specforge_het.algorithms.unroll import simulated_acceptance
+from specforge_het.families.block_common.train import block_outputs
+from specforge_het.evaluation import simulated_acceptance
 from specforge_het.config.schema import AlgorithmSection, ConfigError, ModelingSection
 from specforge_het.inference.accept import Sampling
 from specforge_het.inference.engine import base_decode, speculative_decode, speculative_decode_batch
 from specforge_het.modeling.drafter_base import load_drafter
-from specforge_het.modeling.dspark import cut_depth
+from specforge_het.families.dspark.model import cut_depth
 
 from test_algorithms import LAYERS, eagle3_batches, fit
 from test_dflash import MORE_PROMPTS, assert_batched_matches_base

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from specforge_het.config.schema import ConfigError
-from specforge_het.export import load_any
+from specforge_het.export.stage import load_any
 from specforge_het.export.sglang_check import check_sglang_export
 from specforge_het.export.to_sglang import export_sglang
 from specforge_het.export.to_vllm import export_vllm
@@ -70,7 +70,7 @@ def test_eagle3_sglang_export_matches_sglang_and_round_trips(llama, modeling, tm
 
 
 def test_reduced_vocab_eagle3_export(llama, tmp_path):
-    from specforge_het.modeling.eagle3 import build_eagle3_drafter
+    from specforge_het.families.eagle3.model import build_eagle3_drafter
 
     used = torch.arange(0, 96, 2)
     drafter = build_eagle3_drafter(llama, [0, 1, 1], own_lm_head=True, draft_vocab=used)

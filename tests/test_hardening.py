@@ -18,7 +18,7 @@ from specforge_het.config.schema import BaseSection
 from specforge_het.data.conversations import read_conversations
 from specforge_het.data.shards import MANIFEST, HiddenStateDataset
 from specforge_het.modeling.base import load_base
-from specforge_het.modeling.drafter import build_drafter
+from specforge_het.families.eagle.model import build_drafter
 from specforge_het.modeling.drafter_base import CONFIG_NAME, WEIGHTS_NAME, load_drafter
 
 GOOD = {"messages": [{"role": "user", "content": "def f():"}, {"role": "assistant", "content": "    return 1"}]}
@@ -188,7 +188,7 @@ def test_tied_classic_draft_saves_loads_and_keeps_fp32_master_weights(tmp_path, 
     from transformers import AutoConfig, LlamaForCausalLM
 
     from specforge_het.config.schema import ModelingSection
-    from specforge_het.modeling.classic import build_classic_drafter
+    from specforge_het.families.classic.model import build_classic_drafter
 
     cfg = AutoConfig.from_pretrained(tiny_base)
     cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.tie_word_embeddings = 32, 64, 1, True

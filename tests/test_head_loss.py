@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from specforge_het.algorithms import get_algorithm
-from specforge_het.algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
+from specforge_het.families.eagle3.train import eagle3_loss, eagle3_loss_per_step
 from specforge_het.algorithms.head_loss import fused_head_loss, teacher_once
 from specforge_het.algorithms.losses import DISTRIBUTION_LOSSES
 from specforge_het.config.schema import AlgorithmSection, ModelingSection

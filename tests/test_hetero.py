@@ -8,7 +8,7 @@ from specforge_het.algorithms import get_loss
 from specforge_het.config.schema import AlgorithmSection, ConfigError
 from specforge_het.inference.engine import base_decode, hf_greedy, speculative_decode
 from specforge_het.modeling.base import FrozenBase, decoder_parts, freeze
-from specforge_het.modeling.drafter import EagleDrafter, build_drafter
+from specforge_het.families.eagle.model import EagleDrafter, build_drafter
 from specforge_het.modeling.vocab import d2t_t2d, top_tokens
 
 V, H = 96, 32

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from specforge_het import data_gen, train
 from specforge_het.config.schema import ConfigError
 from specforge_het.inference.engine import base_decode, speculative_decode
-from specforge_het.inference.measure import eos_ids
+from specforge_het.inference.strategies import eos_ids
 from specforge_het.modeling.base import decoder_parts, load_base
 from specforge_het.modeling.drafter_base import load_drafter
 from specforge_het.modeling.lora import ADAPTERS_NAME

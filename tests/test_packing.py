@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from specforge_het.algorithms import check_packing, get_algorithm
-from specforge_het.algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
+from specforge_het.families.eagle3.train import eagle3_loss, eagle3_loss_per_step
 from specforge_het.config.schema import AlgorithmSection, ConfigError, DataSection
 from specforge_het.algorithms.unroll import same_segment
 from specforge_het.data.packing import PackedDataset, lpt_bins, padding_fraction, segments_of

@@ -16,7 +16,7 @@ from specforge_het.data.conversations import read_conversations, tokenize_conver
 from specforge_het.data.shards import HiddenStateDataset, collate, shard_name
 from specforge_het.inference import __main__ as inference
 from specforge_het.modeling.base import load_base
-from specforge_het.modeling.drafter import EagleDrafter
+from specforge_het.families.eagle.model import EagleDrafter
 
 from conftest import make_cfg
 

@@ -14,7 +14,7 @@ from specforge_het.plugins import Speculator, check_enabled
 from specforge_het.plugins.async_draft import AsyncDrafting
 from specforge_het.plugins.offload import offload_base
 from specforge_het.plugins.quantize import GroupQuantLinear
-from specforge_het.plugins.router import Router, fit, fit_classifier, load_router
+from specforge_het.plugins.routing import Router, fit, fit_classifier, load_router
 from specforge_het.plugins.subspec import build_subspec_drafter
 
 from test_algorithms import make

@@ -10,7 +10,7 @@ from specforge_het.inference.accept import sample_accept, sampling_probs
 from specforge_het.inference.engine import Sampling, base_decode_batch, speculative_decode, speculative_decode_batch
 from specforge_het.inference.tree import DraftTree
 from specforge_het.modeling.base import FrozenBase, freeze
-from specforge_het.modeling.drafter import build_drafter
+from specforge_het.families.eagle.model import build_drafter
 
 VOCAB, PROMPT, N_TOKENS = 12, [3, 7, 1, 4, 4, 9, 2], 3
 

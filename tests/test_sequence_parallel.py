@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from specforge_het.algorithms.eagle3 import eagle3_loss
+from specforge_het.families.eagle3.train import eagle3_loss
 from specforge_het.config.schema import AlgorithmSection, ConfigError
 from specforge_het.data.packing import PackedDataset
 from specforge_het.data.shards import collate

@@ -14,7 +14,7 @@ import torch
 from specforge_het.inference.engine import hf_greedy
 from specforge_het.inference.server import Engine, build_server
 from specforge_het.modeling.base import load_base
-from specforge_het.modeling.drafter import build_drafter
+from specforge_het.families.eagle.model import build_drafter
 
 from conftest import make_cfg
 

@@ -1,17 +1,17 @@
-"""Algorithm registry: one module per algorithm, each registering an `Algorithm` under its name.
+"""The algorithm catalog: what each drafter family trains, as data checked before any model loads.
 
-An algorithm says which base features its drafter reads, how to build the drafter, and its training loss.
-Adding an algorithm = adding one file here that calls `register` (and a preset under configs/ selecting it).
+Every family (specforge_het/families/NAME/) registers one `Algorithm` here; this package holds only what the
+families share for training — the catalog, the loss menu (losses.py, head_loss.py) and teacher-forced unrolling
+(unroll.py). Lookups load the families by name (registry.py), so this package imports none of them.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..config.schema import ConfigError, closest
+from ..config.errors import ConfigError
+from ..registry import Registry
 
 
 @dataclass
@@ -21,15 +21,22 @@ class Algorithm:
     build: Callable  # (base, modeling_cfg, feature_layers, meta, draft_vocab) → drafter
     # (num_base_layers, configured aux ids) → base block ids the drafter reads; None = the last hidden state only.
     feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
-    # The algorithm-specific modeling switches (SPECIFIC_SWITCHES) this algorithm's drafter honours.
+    # The algorithm-specific modeling switches this algorithm's drafter honours, and the preset that sets them
+    # (named when another algorithm is given one of them).
     modeling_keys: tuple = ()
+    switch_preset: str = ""
     # Whether its loss keeps packed conversations apart (data.packing: segment_ids / position_ids in the batch).
     packs: bool = False
     # Whether its loss takes `sp=` and trains only this process's rows of each sequence (training.sequence_parallel).
     sequence_parallel: bool = False
+    # The drafter architecture it trains (modeling/architectures.py), and its own simulated-acceptance rule
+    # (drafter, batch, depth) → (accepted, eligible) where teacher-forced unrolling does not fit (block drafters);
+    # None = the unrolled chain of evaluation.py.
+    architecture: str = ""
+    simulate: Optional[Callable] = None
 
 
-_REGISTRY: dict[str, Algorithm] = {}
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 
 
 def register(algorithm: Algorithm) -> Algorithm:
@@ -40,36 +47,31 @@ def register(algorithm: Algorithm) -> Algorithm:
         return build(base, modeling, *args)
 
     algorithm.build = checked_build
-    _REGISTRY[algorithm.name] = algorithm
-    return algorithm
-
-
-def _load_all() -> None:
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+    return ALGORITHMS.register(algorithm.name, algorithm)
 
 
 def get_algorithm(name: str) -> Algorithm:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; {closest(name, _REGISTRY)}")
-    return _REGISTRY[name]
+    return ALGORITHMS.get(name, where="algorithm.name")
 
 
-# Modeling switches only some drafters have → the preset that sets them (named in the error).
-SPECIFIC_SWITCHES = {"fc_norm": "--@eagle3_1", "norm_output": "--@eagle3_1", "block_size": "--@dflash or --@dspark",
-                     "mask_token_id": "--@dflash or --@dspark", "markov_rank": "--@dspark",
-                     "confidence_cut": "--@dspark"}
+def specific_switches() -> dict[str, str]:
+    """Modeling switches only some drafters have → the preset(s) that set them (named in the error)."""
+    presets: dict[str, set] = {}
+    for _, algorithm in ALGORITHMS.items():
+        for key in algorithm.modeling_keys:
+            presets.setdefault(key, set()).add(f"--@{algorithm.switch_preset or algorithm.name}")
+    return {key: " or ".join(sorted(names)) for key, names in presets.items()}
 
 
 def check_modeling_switches(algorithm: Algorithm, modeling) -> None:
     """A switch set away from its default on an algorithm whose drafter ignores it would do nothing, silently."""
     defaults = {f.name: f.default for f in dataclasses.fields(modeling)}
-    ignored = [k for k in SPECIFIC_SWITCHES if k not in algorithm.modeling_keys and getattr(modeling, k) != defaults[k]]
+    switches = specific_switches()
+    ignored = [k for k in switches if k not in algorithm.modeling_keys and getattr(modeling, k) != defaults[k]]
     if ignored:
         raise ConfigError(f"{', '.join(f'modeling.{k}' for k in ignored)}: not a switch of the {algorithm.name} "
                           f"drafter (it would be ignored); unset {'it' if len(ignored) == 1 else 'them'}, or use "
-                          f"{' / '.join(sorted({SPECIFIC_SWITCHES[k] for k in ignored}))}")
+                          f"{' / '.join(sorted({switches[k] for k in ignored}))}")
 
 
 def get_loss(name: str) -> Callable:
@@ -81,6 +83,6 @@ def check_packing(algorithm: Algorithm, data) -> None:
     if not data.packing:
         return
     if not algorithm.packs:
-        packers = sorted(name for name, a in _REGISTRY.items() if a.packs)
+        packers = ALGORITHMS.where(lambda a: a.packs)
         raise ConfigError(f"data.packing: not supported by the {algorithm.name} algorithm yet (supported: "
                           f"{', '.join(packers)}); unset it")

@@ -1,5 +1,5 @@
 """Unrolled drafting over whole sequences (teacher-forced tokens, the drafter's own features), shared by
-EAGLE-3's training-time test and by the simulated-τ evaluation of every feature-based drafter.
+EAGLE-3's training-time test and by the simulated-τ evaluation of every feature-based drafter (evaluation.py).
 
 Row t of unroll step i stands for the draft token at depth i+1 after position t+1: its input token is x_{t+1+i},
 its input feature is the base's at row t (step 0) or the drafter's own step-(i−1) output, its position is t+i,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config.errors import ConfigError
 from ..data.packing import segments_of
 from ..modeling.sequence_parallel import NAME as SEQUENCE_PARALLEL
 from ..modeling.ttt_attention import SEGMENTS
@@ -64,8 +65,6 @@ def unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, steps: int,
     rows = input_ids.shape[1] - 1
     if on_tokens(drafter):  # no features: teacher-forced step i at row t is the plain forward at token t+1+i
         if sp is not None:
-            from ..config.schema import ConfigError
-
             raise ConfigError("training.sequence_parallel: drafters unrolled on tokens alone (no base features) "
                               "run their plain forward; use 1")
         full = drafter.token_states(input_ids, packing)
@@ -88,46 +87,8 @@ def drafter_features(drafter, batch: dict) -> torch.Tensor:
     """The base features a drafter reads: the fused aux layers (EAGLE-3) or the last hidden state."""
     if drafter.feature_layers and not on_tokens(drafter):
         if "aux_hidden" not in batch:
-            from ..config.schema import ConfigError
-
             raise ConfigError("this drafter reads base layers "
                               f"{drafter.feature_layers} but the batch has no aux features: make the dataset with "
                               "data.aux_layer_ids set to them (the eagle3 preset does), or train online")
         return batch["aux_hidden"]
     return batch["hidden"]
-
-
-@torch.no_grad()
-def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chain drafting of `depth` simulated over the batch, as counts per draft position i < depth: (accepted,
-    eligible). A draft token is accepted when it is the base's greedy choice. Position i is *eligible* at a row when
-    the chain got there (positions < i accepted) and the teacher-forced input tokens equal what inference would have
-    fed (the data followed the base's greedy choice so far). accepted/eligible estimates P(accept i | reached i);
-    on the base's own greedy outputs every reached position is eligible and the estimate is exact.
-    Rows: loss-masked, with the whole chain inside the sequence. Block drafters (DFlash) draft from anchors instead.
-    """
-    from ..modeling.dflash import DFlashDrafter
-
-    if isinstance(drafter, DFlashDrafter):  # block drafters (DFlash, DSpark)
-        from .dflash import block_simulated_acceptance
-
-        return block_simulated_acceptance(drafter, batch, depth)
-    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
-    rows = ids.shape[1] - 1
-    t = torch.arange(rows, device=ids.device)
-    eligible_now = shifted(mask, 1, rows).bool() & (t + 1 + depth < ids.shape[1])[None]
-    accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
-    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, depth):
-        greedy = drafter.base_lm_head(shifted(last, 1 + i, rows).to(drafter.base_lm_head.weight.dtype)).argmax(-1)
-        drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))
-        hit = eligible_now & (drafted == greedy)
-        eligible[i], accepted[i] = int(eligible_now.sum()), int(hit.sum())
-        eligible_now = hit & (shifted(ids, 2 + i, rows) == greedy)
-    return accepted, eligible
-
-
-def simulated_tau(accepted: torch.Tensor, eligible: torch.Tensor) -> tuple[float, list[float]]:
-    """τ = 1 + Σ_i P(≥ i+1 accepted), with P(≥ i+1) = Π_{j ≤ i} accepted_j / eligible_j (pooled counts)."""
-    rates = accepted.double() / eligible.clamp_min(1).double()
-    reach = torch.cumprod(rates, 0)
-    return 1.0 + float(reach.sum()), reach.tolist()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, run_entry
+from ..config.cli import run_entry
+from ..config.schema import RunConfig
 from ..data.conversations import read_conversations, set_chat_template, tokenize_all
 from ..data_gen import dump
 from ..modeling.base import load_base

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ..inference.engine import base_decode_batch, speculative_decode_batch
 from ..inference.measure import PeakMemory, format_table, summarise
 from ..modeling.base import FrozenBase, freeze
-from ..modeling.drafter import build_drafter
+from ..families.eagle.model import build_drafter
 
 log = logging.getLogger(__name__)
 

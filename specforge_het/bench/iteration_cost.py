@@ -33,7 +33,7 @@ import torch
 from . import comma_choices
 from ..inference.compiled import compile_for_decoding
 from ..inference.engine import base_decode_batch, speculative_decode_batch
-from ..modeling.drafter import build_drafter
+from ..families.eagle.model import build_drafter
 from .forced_acceptance import STRATEGIES, random_base
 
 log = logging.getLogger(__name__)

@@ -71,10 +71,10 @@ def patch_specforge() -> None:
 
 
 class OursArm:
-    """Our EAGLE-3 drafter and loss (algorithms/eagle3.py), as `train` builds them."""
+    """Our EAGLE-3 drafter and loss (families/eagle3/train.py), as `train` builds them."""
 
     def __init__(self, cfg, base, dataset, layers):
-        from ..algorithms.eagle3 import eagle3_loss
+        from ..families.eagle3.train import eagle3_loss
         from ..train import make_drafter
 
         self.drafter, self.cfg, self.loss = make_drafter(cfg, base, dataset, layers), cfg, eagle3_loss

@@ -16,11 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import RunConfig, run_entry, save_resolved_config
-from ..config.schema import ConfigError
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..inference.prompts import load_prompts
 from ..inference.engine import base_decode_batch, hf_greedy
-from ..inference.measure import decode_batches, eos_ids, strategy_params, summarise
+from ..inference.measure import decode_batches, summarise
+from ..inference.strategies import eos_ids, strategy_params
 from ..modeling.base import load_base
 from ..plugins import Speculator, load_drafter_for
 from ..plugins.offload import offload_base

@@ -39,7 +39,7 @@ def _member(rank: int, size: int, port: int, length: int, ttt: int, vocab: int, 
     """One process of the group: warm up, then one measured step; writes its numbers to report.<rank>."""
     import torch.distributed as dist
 
-    from ..algorithms.eagle3 import eagle3_loss
+    from ..families.eagle3.train import eagle3_loss
     from ..config.schema import AlgorithmSection
     from ..modeling.sequence_parallel import make_groups
     from .ttt_memory import bench_drafter, random_batch

@@ -19,9 +19,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..config import RunConfig, run_entry, save_resolved_config
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
 from ..inference.prompts import load_prompts
-from ..inference.measure import eos_ids, load_pair, strategy_params
+from ..inference.measure import load_pair
+from ..inference.strategies import eos_ids, strategy_params
 from ..inference.server import Engine, build_server
 from ..utils.io import atomic_write_json, atomic_write_text
 

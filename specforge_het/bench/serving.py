@@ -17,11 +17,12 @@ import json
 import logging
 from pathlib import Path
 
-from ..config import RunConfig, run_entry, save_resolved_config
-from ..config.schema import ConfigError
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..inference.prompts import load_prompts
 from ..inference.engine import Sampling, hf_greedy
-from ..inference.measure import eos_ids
+from ..inference.strategies import eos_ids
 from ..modeling.base import load_base
 from ..modeling.checkpoint import load_drafter
 from ..serving import check_with_sglang, run_vllm
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def export_for(drafter_dir: Path, engine: str, depth: int, base: str) -> Path | str:
     """The drafter exported for `engine` under drafter_dir/serving_<engine>, or the reason it cannot be."""
-    from ..export import load_any
+    from ..export.stage import load_any
     from ..export.capture import base_num_layers, check_capture
 
     drafter = load_any(str(drafter_dir))

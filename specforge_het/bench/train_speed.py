@@ -28,7 +28,7 @@ RUNS = {"eagle2": {"name": "eagle2"}, "eagle3 (TTT 7)": {"name": "eagle3", "ttt_
 def one(base_path: str, algorithm: dict, seq: int, steps: int, batch: int, device: str) -> dict:
     from .. import train
     from ..algorithms import get_algorithm
-    from ..config import RunConfig
+    from ..config.schema import RunConfig
     from ..config.schema import AlgorithmSection
     from ..data.stdlib_corpus import stdlib_files
     from ..modeling.base import load_base

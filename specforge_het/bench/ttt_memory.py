@@ -57,7 +57,7 @@ def bench_drafter(vocab: int, impl: str = "ours"):
     """The fixed tiny EAGLE-3 drafter of this bench (seeded), its base parts attached."""
     from transformers import AttentionInterface, LlamaConfig
 
-    from ..modeling.eagle3 import Eagle3Drafter
+    from ..families.eagle3.model import Eagle3Drafter
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=WIDTH, intermediate_size=704, num_hidden_layers=1, num_attention_heads=8,
@@ -79,7 +79,7 @@ def random_batch(n: int, vocab: int, seed: int = 1) -> dict:
 
 
 def one_step(length: int, impl: str, ttt: int, vocab: int) -> dict:
-    from ..algorithms.eagle3 import eagle3_loss, eagle3_loss_per_step
+    from ..families.eagle3.train import eagle3_loss, eagle3_loss_per_step
     from ..config.schema import AlgorithmSection
 
     torch.set_num_threads(2)

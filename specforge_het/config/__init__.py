@@ -1,4 +1,18 @@
-from .cli import RESOLVED_CONFIG_NAME, resolve_config, run_entry, save_resolved_config
-from .schema import ConfigError, RunConfig
+"""Typed run configuration: schema, presets, the `--@preset --section.key` command line, and errors.
 
-__all__ = ["ConfigError", "RunConfig", "RESOLVED_CONFIG_NAME", "resolve_config", "run_entry", "save_resolved_config"]
+Names are resolved on first use, so that importing `config.errors` (the leaf every layer raises from) does not
+load the schema and the command line with it."""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"ConfigError": "errors", "RunConfig": "schema", "RESOLVED_CONFIG_NAME": "cli", "resolve_config": "cli",
+          "run_entry": "cli", "save_resolved_config": "cli"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

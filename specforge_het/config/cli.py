@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import fire
 
+from ..algorithms import ALGORITHMS
 from ..utils.io import atomic_write_text
 from ..utils.logs import setup_logging
 from .presets import load_preset, preset_descriptions, read_mapping_file
@@ -106,11 +107,8 @@ def help_text(entry: str, summary: str) -> str:
 
 
 def algorithm_names() -> list[str]:
-    """The registered algorithms (specforge_het/algorithms/), for --help."""
-    from ..algorithms import _REGISTRY, _load_all
-
-    _load_all()
-    return sorted(_REGISTRY)
+    """The registered algorithms (one per drafter family: specforge_het/families/), for --help."""
+    return ALGORITHMS.names()
 
 
 def run_entry(entry: str, summary: str, main: Callable[[RunConfig, list[str]], object],

@@ -1,5 +1,6 @@
 """Named presets: YAML files under specforge_het/configs/ (any depth; `configs/` at the repository root links
-there), each a {section: {key: value}} bundle. They ship inside the package, so a plain `pip install .` has them.
+there) and in each drafter family's folder (specforge_het/families/NAME/*.yaml), each a {section: {key: value}}
+bundle. They ship inside the package, so a plain `pip install .` has them.
 
 A preset's name is its file stem, matched exactly (never by substring). A preset may also be
 given as a path to a .yaml/.json file. YAML is read with `yaml.safe_load`: data only, no code.
@@ -13,15 +14,17 @@ from pathlib import Path
 
 import yaml
 
-from .schema import ConfigError, closest
+from .errors import ConfigError, closest
 
 PRESET_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def presets_dirs() -> list[Path]:
-    """Where presets are looked up: $SPECFORGE_HET_CONFIGS (os.pathsep-separated) then the repo's configs/."""
+    """Where presets are looked up: $SPECFORGE_HET_CONFIGS (os.pathsep-separated), the repo's configs/, then the
+    drafter families' folders (each family ships its own presets)."""
     dirs = [Path(p) for p in os.environ.get("SPECFORGE_HET_CONFIGS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[1] / "configs")
+    package = Path(__file__).resolve().parents[1]
+    dirs += [package / "configs", package / "families"]
     return [d for d in dirs if d.is_dir()]
 
 

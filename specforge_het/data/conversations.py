@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 from ..utils.io import read_text
 from .sources import is_datasets_source, iter_rows
 

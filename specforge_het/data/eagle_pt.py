@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 REQUIRED = ("input_ids", "hidden_state", "loss_mask")
 

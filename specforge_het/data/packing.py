@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

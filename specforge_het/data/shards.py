@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 from ..utils.io import atomic_write, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"

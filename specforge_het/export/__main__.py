@@ -1,4 +1,5 @@
-from . import __doc__ as _doc, run
-from ..config import run_entry
+from ..config.cli import run_entry
+from . import __doc__ as _doc
+from .stage import run
 
 run_entry("export", _doc.strip().splitlines()[0], run)

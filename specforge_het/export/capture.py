@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 LAST_CAPTURABLE = {"sglang": lambda n: n - 2, "vllm": lambda n: n - 1}
 RULES = {"sglang": "SGLang reads block k's output at the input of block k+1, so it captures blocks 0..N−2",

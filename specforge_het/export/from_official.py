@@ -1,4 +1,5 @@
-"""Import official EAGLE checkpoints (and SGLang-layout exports) into our drafter format.
+"""Import official EAGLE checkpoints (and SGLang-layout exports) into our drafter format. Each family reads its own
+layout (an `OfficialImporter` registered from families/NAME/export.py); this module reads the files.
 
 EAGLE-1/2 (yuhuili layout): `config.json` (a Llama config) + `fc.weight` [H, 2H], `fc.bias`, `layers.N.*` (no input
 norm on layer 0), optional `embed_tokens.weight` (dropped: our EAGLE-1/2 drafters share the base's).
@@ -10,14 +11,15 @@ Weights from `model.safetensors` or `pytorch_model.bin` (read with `torch.load(w
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from ..config.schema import ConfigError
-from ..modeling.draft_config import hf_config_from_dict
-from ..modeling.checkpoint import load_checked_state, read_safetensors
+from ..config.errors import ConfigError
+from ..modeling.safetensors_io import read_safetensors
+from ..registry import Registry
 
 
 def read_weights(path: Path) -> dict:
@@ -33,10 +35,18 @@ def read_weights(path: Path) -> dict:
     raise ConfigError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
-def load_official(path: str | Path, feature_layers: Optional[list] = None):
-    from ..modeling.drafter import EagleDrafter
-    from ..modeling.eagle3 import Eagle3Drafter
+@dataclass(frozen=True)
+class OfficialImporter:
+    """One drafter family's reading of official checkpoints (registered from its folder: families/NAME/export.py)."""
+    claims: Callable[[dict], bool]  # tensors by name (any `model.` prefix removed) → is this layout mine?
+    # (path, config.json dict, tensors, meta, feature layers or None) → the drafter, weights loaded
+    load: Callable[..., object]
 
+
+OFFICIAL_IMPORTERS: Registry[OfficialImporter] = Registry("official checkpoint layout")
+
+
+def load_official(path: str | Path, feature_layers: Optional[list] = None):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path}: neither our drafter format (drafter_config.json) nor an EAGLE checkpoint "
@@ -46,36 +56,9 @@ def load_official(path: str | Path, feature_layers: Optional[list] = None):
     for key in ("torch_dtype", "dtype"):  # weights load into float32 modules; cast later with export.dtype
         cfg.pop(key, None)
     state = {k.removeprefix("model."): v for k, v in read_weights(path).items()}
-    eagle3 = any(k.startswith("midlayer.") for k in state)
-    meta = {"algorithm": "eagle3" if eagle3 else "eagle2", "imported_from": str(path)}
-    if eagle3:
-        hf = hf_config_from_dict({**cfg, "num_hidden_layers": 1})
-        target = cfg.get("target_hidden_size") or cfg["hidden_size"]
-        layers = feature_layers or (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-        if not layers:
-            raise ConfigError(f"{path}: config has no eagle_config.eagle_aux_hidden_state_layer_ids; pass the base "
-                              "layers the draft was trained on with --export.feature_layers")
-        reduced = "d2t" in state and state["d2t"].numel() < cfg["vocab_size"]
-        own_embed = "embed_tokens.weight" in state
-        if "embed_tokens.weight" in state:
-            state["embed.weight"] = state.pop("embed_tokens.weight")
-        for k in [k for k in state if k.startswith("fc_norm.")]:  # EAGLE-3.1 per-feature norms (SGLang's names)
-            state[k.replace("fc_norm.", "fc_norms.", 1)] = state.pop(k)
-        if not reduced:
-            state.pop("d2t", None), state.pop("t2d", None)
-        else:
-            state["t2d"] = state["t2d"].bool()
-            state["d2t"] = state["d2t"].long()
-        model = Eagle3Drafter(hf, target, cfg["vocab_size"], target, own_embedding=own_embed,
-                              own_lm_head="lm_head.weight" in state,
-                              draft_vocab_size=state["lm_head.weight"].shape[0] if reduced else None, meta=meta,
-                              feature_layers=list(layers), fc_norm=bool(cfg.get("fc_norm") or cfg.get("use_aux_norm")),
-                              norm_output=bool(cfg.get("norm_output")))
-        return load_checked_state(model, state, path)
-    n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
-    hf = hf_config_from_dict({**cfg, "num_hidden_layers": n_layers})
-    state.pop("embed_tokens.weight", None)
-    state.pop("lm_head.weight", None)
-    model = EagleDrafter(hf, cfg["hidden_size"], cfg["vocab_size"], cfg["hidden_size"], meta=meta,
-                         first_layer_input_norm="layers.0.input_layernorm.weight" in state, fc_bias="fc.bias" in state)
-    return load_checked_state(model, state, path)
+    meta = {"imported_from": str(path)}
+    for name, importer in OFFICIAL_IMPORTERS.items():
+        if importer.claims(state):
+            return importer.load(path, cfg, state, {"algorithm": name, **meta}, feature_layers)
+    raise ConfigError(f"{path}: tensors in no known EAGLE layout (known: {', '.join(OFFICIAL_IMPORTERS.names())}); "
+                      f"found {', '.join(sorted(state)[:6])}")

@@ -1,32 +1,69 @@
-"""Exporters: one per serving target (`export.to`), one file each, registered by name.
+"""Exporters and converters.
 
-An exporter declares which drafter architectures it writes (`supports`: architecture → the target's format for it)
-and refuses any other with one line naming what it does write. `write` puts the
-files in place; `verify` (optional) proves them with the target's own loader and returns a one-line report.
+An exporter is one serving target (`export.to`), one file each (to_ours.py, to_vllm.py, to_sglang.py): `write` puts
+the files in place; `verify` (optional) proves them with the target's own loader and returns a one-line report.
+A converter turns one drafter architecture into one target's format (config + tensors); each drafter family
+registers its own (families/NAME/export.py), and an exporter writes what it finds for (target, architecture) —
+refusing any other drafter with one line naming what it does write.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config.schema import ConfigError, closest
+from ..config.errors import ConfigError
+from ..registry import Registry
 
-# Modules that register an exporter (imported on first use, so that `export --help` stays cheap).
-MODULES = ("to_ours", "to_sglang", "to_vllm")
+
+@dataclass(frozen=True)
+class Converter:
+    """One drafter architecture in one target's format."""
+    target: str  # the exporter's name
+    architecture: str  # the drafter's (modeling/architectures.py)
+    format: str  # what it becomes, in words (named in --help and in refusals)
+    # (drafter, dtype, base model, speculative steps) → (config.json dict, tensors by name)
+    convert: Callable[..., tuple[dict, dict]]
+    # The engine's draft classes this format loads as (config.json's `architectures`), the engine module holding
+    # each, and whether our static reading of the engine's sources covers it (SGLang's EAGLE layouts).
+    engine_architectures: tuple = ()
+    static_check: bool = True
+    # (config, base, out folder, steps, topk, draft tokens) → README.md text; None = the exporter's default.
+    readme: Optional[Callable[..., str]] = None
+
+
+CONVERTERS: Registry[Converter] = Registry("converter")
+
+
+def register_converter(converter: Converter) -> Converter:
+    return CONVERTERS.register(f"{converter.target}/{converter.architecture}", converter)
+
+
+def converters_for(target: str) -> dict[str, Converter]:
+    """architecture → converter, for one target."""
+    return {c.architecture: c for _, c in CONVERTERS.items() if c.target == target}
+
+
+def converter_for(target: str, drafter) -> Converter:
+    return converters_for(target)[drafter.ARCHITECTURE]
 
 
 @dataclass(frozen=True)
 class Exporter:
     name: str
     description: str
-    # drafter architecture (modeling.drafter_base.ARCHITECTURES) → what that drafter becomes in this target;
-    # None = every architecture
-    supports: Optional[dict[str, str]]
+    # Whether it writes every architecture (our own format), or only those with a converter for it.
+    every_architecture: bool
     # (drafter, out, dtype, base model, export config) → the folder written
     write: Callable[..., Path]
     verify: Optional[Callable[[Path, str], str]] = None
+
+    @property
+    def supports(self) -> Optional[dict[str, str]]:
+        """drafter architecture → what it becomes in this target; None = every architecture."""
+        if self.every_architecture:
+            return None
+        return {arch: c.format for arch, c in sorted(converters_for(self.name).items())}
 
     def check(self, drafter) -> None:
         arch = getattr(drafter, "ARCHITECTURE", type(drafter).__name__)
@@ -36,27 +73,21 @@ class Exporter:
                               f"{drafter.meta.get('algorithm', arch)} drafter ({arch})")
 
 
-EXPORTERS: dict[str, Exporter] = {}
+# Exporter modules are imported on first use (so that `export --help` stays cheap); the converters they write
+# come from the families, loaded on the first converter lookup.
+EXPORTERS: Registry[Exporter] = Registry("export format", loaders=tuple(
+    f"{__package__}.{m}" for m in ("to_ours", "to_sglang", "to_vllm")))
 
 
 def register_exporter(exporter: Exporter) -> Exporter:
-    EXPORTERS[exporter.name] = exporter
-    return exporter
-
-
-def _load_all() -> None:
-    for mod in MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    return EXPORTERS.register(exporter.name, exporter)
 
 
 PLANNED = {"hf": "a plain HF folder"}  # named in the docs, not built yet: refused as such
 
 
 def get_exporter(name: str) -> Exporter:
-    _load_all()
     if name in PLANNED:
         raise ConfigError(f"export.to {name!r} ({PLANNED[name]}) is not implemented in this release; "
-                          f"available: {', '.join(EXPORTERS)}")
-    if name not in EXPORTERS:
-        raise ConfigError(f"export.to: unknown format {name!r}; {closest(name, list(EXPORTERS) + list(PLANNED))}")
-    return EXPORTERS[name]
+                          f"available: {', '.join(EXPORTERS.names())}")
+    return EXPORTERS.get(name, where="export.to")

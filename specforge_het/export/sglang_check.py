@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 
 def sglang_models_dir() -> Path:

@@ -19,5 +19,5 @@ def export_specforge_het(drafter, out: str, dtype, base=None, cfg=None) -> Path:
     return out_path
 
 
-register_exporter(Exporter("specforge_het", "our own: model.safetensors + drafter_config.json", None,
+register_exporter(Exporter("specforge_het", "our own: model.safetensors + drafter_config.json", True,
                            export_specforge_het))

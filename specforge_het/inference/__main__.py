@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..algorithms.unroll import simulated_acceptance, simulated_tau
-from ..config import RunConfig, run_entry, save_resolved_config
+from ..evaluation import simulated_acceptance, simulated_tau
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
 from ..utils.io import atomic_write_json
 from .divergence import check_outputs
 from .engine import base_decode_batch, hf_greedy
 from .prompts import load_prompts  # noqa: F401  (re-exported)
-from .measure import (PeakMemory, decode_batches, eos_ids, format_table, load_pair, resolve_strategies, strategy_params,
-                      summarise, write_acceptance_png)
+from .measure import PeakMemory, decode_batches, format_table, load_pair, summarise, write_acceptance_png
+from .strategies import eos_ids, resolve_strategies, strategy_params
 
 log = logging.getLogger(__name__)
 

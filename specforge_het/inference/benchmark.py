@@ -17,8 +17,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, run_entry, save_resolved_config
-from ..config.schema import ConfigError
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..data.conversations import normalise_row, render
 from ..data.heldout import HeldOut
 from ..utils.paths import resolve_path
@@ -26,8 +27,8 @@ from ..utils.provenance import provenance, provenance_line
 from ..utils.io import atomic_write_json, atomic_write_text, read_text
 from .divergence import check_outputs
 from .engine import base_decode_batch
-from .measure import (PeakMemory, decode_batches, eos_ids, load_pair, resolve_strategies, strategy_params, summarise,
-                      write_acceptance_png)
+from .measure import PeakMemory, decode_batches, load_pair, summarise, write_acceptance_png
+from .strategies import eos_ids, resolve_strategies, strategy_params
 
 # file kind → (the field each row must hold, whether it is a list of user turns / one user turn / raw text)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 
 def compile_for_decoding(base, drafter=None) -> None:

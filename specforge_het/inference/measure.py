@@ -11,35 +11,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import RunConfig
-from ..config.schema import ConfigError
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..modeling.base import load_base
 from ..utils.extras import have, missing_message
 from .engine import DecodeResult, Sampling
+from .strategies import resolve_strategies
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("chain", "tree", "budget")
-GROUPS = {"both": ("chain", "tree"), "all": STRATEGIES}
-
-
-def resolve_strategies(name: str) -> tuple[str, ...]:
-    strategies = GROUPS.get(name, (name,))
-    for s in strategies:
-        if s not in STRATEGIES:
-            raise ConfigError(f"inference.strategy: expected chain, tree, budget, both (chain + tree) or all, "
-                              f"got {name!r}")
-    return strategies
-
-
-def strategy_params(cfg: RunConfig, name: str) -> dict:
-    inf = cfg.inference
-    if name == "chain":
-        return {"depth": inf.depth, "top_k": 1, "total_tokens": inf.depth}
-    if name == "budget":  # SpecExec-style: best-first over the whole pool, `budget` nodes verified per step
-        return {"depth": inf.budget_rounds, "top_k": inf.top_k, "total_tokens": inf.budget, "best_first": True}
-    return {"depth": inf.depth, "top_k": inf.top_k, "total_tokens": inf.total_tokens}
-
 
 def load_pair(cfg: RunConfig):
     """(base, speculator, sampling) for an inference-style run, with the inference section checked first. The
@@ -73,13 +52,6 @@ def load_pair(cfg: RunConfig):
 
         compile_for_decoding(base, speculator.drafter)
     return base, speculator, sampling
-
-
-def eos_ids(base) -> set[int]:
-    eos = base.model.generation_config.eos_token_id
-    if eos is None:
-        eos = base.tokenizer.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) - {None}
 
 
 def decode_batches(decode, prompts: list[list[int]], batch_size: int, desc: str) -> list[DecodeResult]:

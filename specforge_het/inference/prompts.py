@@ -2,8 +2,8 @@
 tokenized with the base's chat template up to the first assistant turn."""
 from __future__ import annotations
 
-from ..config import RunConfig
-from ..config.schema import ConfigError
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..data.conversations import prompt_ids, read_conversations
 
 

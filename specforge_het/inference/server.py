@@ -22,8 +22,9 @@ import uuid
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..config import RunConfig, run_entry, save_resolved_config
-from ..config.schema import ConfigError
+from ..config.cli import run_entry, save_resolved_config
+from ..config.schema import RunConfig
+from ..config.errors import ConfigError
 from ..data.conversations import render
 from .batcher import Batcher, Job
 from .engine import Sampling, speculative_decode_batch
@@ -309,10 +310,13 @@ def build_server(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
 def run(cfg: RunConfig, presets: list[str]) -> None:
     from pathlib import Path
 
-    from .measure import eos_ids, load_pair, strategy_params
+    from ..plugins import refused_in_server
+    from .measure import load_pair
+    from .strategies import eos_ids, strategy_params
 
-    if {"router", "async_draft"} & set(cfg.plugins.enabled):
-        raise ConfigError("the server runs one drafter synchronously: plugins router and async_draft are not "
+    refused = refused_in_server(cfg.plugins.enabled)
+    if refused:
+        raise ConfigError(f"the server runs one drafter synchronously: plugins {' and '.join(refused)} are not "
                           "supported here yet (offload and subspec are)")
     base, speculate, _ = load_pair(cfg)
     drafter = speculate.drafter

@@ -1,5 +1,5 @@
 """Our drafter checkpoint format: `model.safetensors` + `drafter_config.json`, whose `architecture` field names the
-drafter class (`ARCHITECTURES`, filled by `register_architecture`); `load_drafter(path)` reads any of them.
+drafter class (the registry of architectures.py, filled by each family); `load_drafter(path)` reads any of them.
 No pickle, no trust_remote_code; the weights' sha256 is recorded at save and checked at every load.
 """
 from __future__ import annotations
@@ -9,28 +9,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 from ..utils.io import atomic_write, atomic_write_json, sha256_file
+from .architectures import ARCHITECTURES
 from .draft_config import hf_config_from_dict
+from .lora import has_adapters, merge_adapters, save_adapters, scaling_of
+from .safetensors_io import check_finite, read_safetensors, tied_keys
 
 FORMAT = "specforge_het.drafter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "drafter_config.json"
 WEIGHTS_NAME = "model.safetensors"
-ARCHITECTURES: dict[str, type] = {}
 # Constructor arguments every drafter saves (a class adds its own as EXTRA_KEYS).
 BASE_KEYS = ("base_hidden_size", "base_vocab_size", "base_embed_dim", "own_embedding", "own_lm_head",
              "draft_vocab_size")
-
-
-def register_architecture(name: str):
-    def deco(cls):
-        cls.ARCHITECTURE = name
-        ARCHITECTURES[name] = cls
-        return cls
-    return deco
 
 
 class CheckpointMixin:
@@ -70,8 +64,6 @@ class CheckpointMixin:
                                  f", unexpected {sorted(state.keys() - own.keys())[:6]}")
             own = state
         if "lora" in self.meta:  # LoRA-trained layers: saved merged, adapters beside them (see lora.py)
-            from .lora import has_adapters, merge_adapters, save_adapters, scaling_of
-
             if has_adapters(own):
                 own, adapters = merge_adapters(own, scaling_of(self))
                 save_adapters(adapters, out)
@@ -87,7 +79,7 @@ class CheckpointMixin:
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: Optional[torch.dtype] = None):
         """This class's checkpoint at `path` (the common base class loads any architecture)."""
-        return load_drafter(path, device, dtype, expect=cls if ARCHITECTURES.get(cls.ARCHITECTURE) is cls else None)
+        return load_drafter(path, device, dtype, expect=cls if ARCHITECTURES.find(cls.ARCHITECTURE) is cls else None)
 
 
 def read_drafter_config(path: Path) -> dict:
@@ -110,14 +102,11 @@ def read_drafter_config(path: Path) -> dict:
 
 def load_drafter(path: str | Path, device="cpu", dtype: Optional[torch.dtype] = None, expect=None):
     """Any drafter checkpoint of our format, by path."""
-    from . import classic, dflash, drafter, dspark, eagle3  # noqa: F401  (register their architectures)
-
     path = Path(path)
     cfg = read_drafter_config(path)
+    # Checkpoints written before the field existed hold the first architecture (EAGLE-1/2's).
     arch = cfg.get("architecture", "eagle_drafter")
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"{path / CONFIG_NAME}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
+    cls = ARCHITECTURES.get(arch, where=f"{path / CONFIG_NAME}: field 'architecture'")
     if expect is not None and not issubclass(cls, expect):
         raise ConfigError(f"{path}: holds a {arch} drafter, not a {expect.ARCHITECTURE}")
     keys = BASE_KEYS + cls.EXTRA_KEYS
@@ -131,42 +120,6 @@ def load_drafter(path: str | Path, device="cpu", dtype: Optional[torch.dtype] = 
     # dtype None keeps the checkpoint's own floating dtype (the modules were built in float32).
     dtype = dtype or next((v.dtype for v in state.values() if v.is_floating_point()), None)
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-
-
-def read_safetensors(path: Path, sha256: Optional[str] = None) -> dict:
-    """A safetensors file's tensors, with one clear error naming the file when it is missing, truncated or corrupt
-    (or, given the hash its writer recorded, when its bytes changed)."""
-    if not path.is_file():
-        raise ConfigError(f"no weights at {path}")
-    if sha256 is not None and sha256_file(path) != sha256:
-        raise ConfigError(f"{path} is corrupt: its sha256 differs from the one recorded when it was written")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
-        raise ConfigError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
-
-
-def check_finite(state: dict, where) -> None:
-    """Refuse weights holding NaN or ±inf (a diverged run, or corrupted bytes that still parse)."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ConfigError(f"{where}: non-finite values (NaN or inf) in {', '.join(sorted(bad)[:6])}"
-                          + (f" and {len(bad) - 6} more" if len(bad) > 6 else ""))
-
-
-def tied_keys(state: dict) -> dict[str, str]:
-    """Keys whose tensor is the same storage as an earlier key's (tied weights) → that earlier key."""
-    first, ties = {}, {}
-    for k, v in state.items():
-        v = v.to_local() if hasattr(v, "to_local") else v  # an FSDP2 shard (DTensor): its local storage
-        if v.numel() == 0:
-            continue
-        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
-        if ident in first:
-            ties[k] = first[ident]
-        else:
-            first[ident] = k
-    return ties
 
 
 def load_checked_state(model, state: dict, where):

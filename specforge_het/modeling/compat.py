@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 
 def base_meta(base, meta: Optional[dict]) -> dict:

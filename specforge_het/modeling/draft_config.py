@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 # Shape fields copied from the base into another family's config when both define them.
 SHARED_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
@@ -23,7 +23,7 @@ DEFAULT_DRAFT_EXPERTS, DEFAULT_DRAFT_EXPERTS_PER_TOKEN = 8, 2
 def config_class(family: str):
     from transformers import CONFIG_MAPPING
 
-    from ..config.schema import closest
+    from ..config.errors import closest
 
     if family not in CONFIG_MAPPING:
         raise ConfigError(f"modeling.draft_family: unknown HF model_type {family!r}; "

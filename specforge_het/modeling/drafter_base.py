@@ -14,8 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config.schema import ConfigError
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointMixin, load_drafter, register_architecture
+from ..config.errors import ConfigError
+from .architectures import register_architecture
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointMixin, load_drafter
 from .compat import base_meta, check_drafter_base, require_own_parts_for_width
 from .family import family_stack, rope_kwargs
 from .masks import additive_mask, causal_mask, padded_causal_mask

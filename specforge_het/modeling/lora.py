@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 from ..utils.extras import require
 from ..utils.io import atomic_write
-from .checkpoint import read_safetensors
+from .safetensors_io import read_safetensors
 
 ADAPTERS_NAME = "lora_adapters.safetensors"
 _A, _B, _W0 = ".lora_A.default.", ".lora_B.default.", ".base_layer."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 
 def target_token_counts(dataset, vocab_size: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Inference plugins, one module each, registered by name and selected with `plugins.enabled` (or a preset under
-configs/plugins/): offload (layer streaming), subspec (quantized substitute drafter), async_draft (SSD-style
-pre-drafting), router (a drafter per prompt). None of them touches verification, so decoding stays lossless.
+"""Inference plugins, one module each, registering a `Plugin` (its order, what it changes, where it may run) and
+selected with `plugins.enabled` (or a preset under configs/plugins/): offload (layer streaming), subspec (quantized
+substitute drafter), async_draft (SSD-style pre-drafting), router (a drafter per prompt). None of them touches
+verification, so decoding stays lossless.
 
 `build_speculator(cfg, base)` applies them and returns a `Speculator`: call it like `speculative_decode_batch`
 without the base and drafter.
@@ -10,17 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..config.schema import ConfigError, RunConfig, closest
+from ..config.schema import ConfigError, RunConfig
+from ..registry import Registry
+from .loading import load_drafter_for
 
-# Applied in this order whatever the order in plugins.enabled: the substitute drafter is cloned from the base
-# before offloading hooks exist, and the router and asynchronous drafting wrap whatever drafter results.
-ORDER = ("subspec", "router", "offload", "async_draft")
-DESCRIPTIONS = {
-    "offload": "base blocks from plugins.keep_first_n_layers_on_gpu on live in CPU memory, streamed in with prefetch",
-    "subspec": "training-free drafter: the base with low-bit substitute blocks (plugins.quant_bits, HQQ if installed)",
-    "async_draft": "pre-draft the next tree for likely verification outcomes while the base verifies",
-    "router": "pick one of plugins.router_drafters per prompt with a classifier trained on recorded acceptance",
-}
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    # Applied in ascending order whatever the order in plugins.enabled (subspec 0, router 1, offload 2, async_draft 3):
+    # the substitute drafter is cloned from the base before offloading hooks exist, and the router and asynchronous
+    # drafting wrap whatever drafter results.
+    order: int
+    description: str
+    # (speculator — None for a plugin that provides the drafter —, run config, base, enabled names) → speculator
+    apply: Callable
+    provides_drafter: bool = False  # it chooses the drafter itself (at most one such plugin per run)
+    batched: bool = True  # decodes batches (False: one sequence at a time)
+    in_server: bool = True  # allowed in the OpenAI server, which runs one drafter synchronously
+    compilable: bool = False  # usable with inference.compile / inference.static_cache
+
+
+PLUGINS: Registry[Plugin] = Registry("plugin", loaders=tuple(
+    f"{__name__}.{m}" for m in ("subspec", "routing", "offload", "async_draft")))
+
+
+def register_plugin(plugin: Plugin) -> Plugin:
+    return PLUGINS.register(plugin.name, plugin)
 
 
 @dataclass
@@ -92,50 +109,23 @@ class Speculator:
 
 
 def check_enabled(names) -> list[str]:
-    for n in names:
-        if n not in DESCRIPTIONS:
-            raise ConfigError(f"plugins.enabled: unknown plugin {n!r}; {closest(n, DESCRIPTIONS)}")
-    return [n for n in ORDER if n in names]
+    """The enabled plugins in the order they apply (unknown names: one line naming the closest)."""
+    plugins = {n: PLUGINS.get(n, where="plugins.enabled") for n in names}
+    return sorted(plugins, key=lambda n: plugins[n].order)
 
 
-def load_drafter_for(base, path: str):
-    from ..modeling.checkpoint import load_drafter
-
-    drafter = load_drafter(path, device=base.device, dtype=base.dtype)
-    return drafter.attach_base(base.embed_tokens, base.lm_head).check_base(base).eval()
+def refused_in_server(names) -> list[str]:
+    return [n for n in check_enabled(names) if not PLUGINS.get(n).in_server]
 
 
 def build_speculator(cfg: RunConfig, base) -> Speculator:
-    """The drafter of inference.drafter_path (or the plugins' own), with the enabled plugins applied to it and to
-    the base."""
-    p = cfg.plugins
-    enabled = check_enabled(p.enabled)
-    if "subspec" in enabled and "router" in enabled:
-        raise ConfigError("plugins.enabled: subspec and router both choose the drafter; enable one of them")
-    if "subspec" in enabled:
-        from .subspec import build_subspec_drafter
-
-        keep = p.subspec_keep_first_n_layers
-        if keep is None:
-            keep = p.keep_first_n_layers_on_gpu if "offload" in enabled else 0
-        spec = Speculator(base, build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend,
-                                                     share_kv=p.subspec_share_kv and "async_draft" not in enabled))
-    elif "router" in enabled:
-        from .router import load_router
-
-        drafters = [load_drafter_for(base, d) for d in p.router_drafters]
-        router = load_router(p.router_path, base, p.router_drafters)
-        spec = Speculator(base, drafters[0], route=router.choose, drafters=drafters)
-    else:
-        spec = Speculator(base, load_drafter_for(base, cfg.inference.drafter_path))
-    if "offload" in enabled:
-        from .offload import offload_base
-
-        spec.offloader = offload_base(base, p.keep_first_n_layers_on_gpu, p.offload_prefetch)
-    if "async_draft" in enabled:
-        from .async_draft import check_token_only
-
-        for drafter in spec.drafters or [spec.drafter]:
-            check_token_only(drafter)
-        spec.async_branches = p.async_branches
+    """The drafter of inference.drafter_path (or the one a plugin provides), with the enabled plugins applied to it
+    and to the base, in their order."""
+    enabled = check_enabled(cfg.plugins.enabled)
+    providers = [n for n in enabled if PLUGINS.get(n).provides_drafter]
+    if len(providers) > 1:
+        raise ConfigError(f"plugins.enabled: {' and '.join(providers)} both choose the drafter; enable one of them")
+    spec = None if providers else Speculator(base, load_drafter_for(base, cfg.inference.drafter_path))
+    for name in enabled:
+        spec = PLUGINS.get(name).apply(spec, cfg, base, enabled)
     return spec

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
+from . import Plugin, register_plugin
 from ..inference.kv_cache import crop_cache
 from ..inference.tree import expand_tree
 from ..modeling.masks import padded_causal_mask
@@ -182,3 +183,15 @@ class AsyncProposer:
         else:
             cache, valid, last_feat, self.ready = hit
             self.inner.restore(cache, valid, last_feat)
+
+
+def apply(spec, cfg, base, enabled):
+    for drafter in spec.drafters or [spec.drafter]:
+        check_token_only(drafter)
+    spec.async_branches = cfg.plugins.async_branches
+    return spec
+
+
+register_plugin(Plugin(
+    "async_draft", 3, "pre-draft the next tree for likely verification outcomes while the base verifies", apply,
+    batched=False, in_server=False))

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
+from . import Plugin, register_plugin
 
 
 @dataclass
@@ -118,3 +119,14 @@ def offload_base(base, keep_first_n: int, prefetch: bool = True) -> LayerOffload
 
     blocks, _ = decoder_parts(base.model)
     return LayerOffloader(blocks, base.device, keep_first_n, prefetch)
+
+
+def apply(spec, cfg, base, enabled):
+    p = cfg.plugins
+    spec.offloader = offload_base(base, p.keep_first_n_layers_on_gpu, p.offload_prefetch)
+    return spec
+
+
+register_plugin(Plugin(
+    "offload", 2,
+    "base blocks from plugins.keep_first_n_layers_on_gpu on live in CPU memory, streamed in with prefetch", apply))

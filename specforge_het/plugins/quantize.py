@@ -12,7 +12,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
 
 BACKENDS = ("auto", "hqq", "torch")
 

@@ -21,9 +21,10 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ..config.schema import ConfigError
+from ..config.errors import ConfigError
+from . import Plugin, Speculator, register_plugin
 from ..modeling.base import decoder_parts
-from ..modeling.classic import ClassicDrafter
+from ..families.classic.model import ClassicDrafter
 from ..modeling.compat import base_meta
 from ..modeling.masks import causal_mask
 from .quantize import quantize_linears, resolve_backend
@@ -180,3 +181,17 @@ def build_subspec_drafter(base, keep_first_n: int = 0, bits: int = 4, group_size
         drafter = SubstituteDrafter(lm.config, base.hidden_size, None, meta=meta, lm=lm)
     return drafter.attach_base(base.embed_tokens, base.lm_head).eval()
 
+
+def apply(spec, cfg, base, enabled):
+    p = cfg.plugins
+    keep = p.subspec_keep_first_n_layers
+    if keep is None:
+        keep = p.keep_first_n_layers_on_gpu if "offload" in enabled else 0
+    return Speculator(base, build_subspec_drafter(base, keep, p.quant_bits, p.quant_group_size, p.quant_backend,
+                                                  share_kv=p.subspec_share_kv and "async_draft" not in enabled))
+
+
+register_plugin(Plugin(
+    "subspec", 0,
+    "training-free drafter: the base with low-bit substitute blocks (plugins.quant_bits, HQQ if installed)", apply,
+    provides_drafter=True))

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..config.errors import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,8 +59,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def read_text(path: str | Path) -> str:
     """A text file (gzip-compressed when it ends in .gz) as UTF-8, with one clear error naming the file and line."""
-    from ..config.errors import ConfigError  # (config imports this module)
-
     path = Path(path)
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()

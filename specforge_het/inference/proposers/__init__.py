@@ -17,17 +17,17 @@ for one batch decode (its KV cache, which slots are real, the last feature) and 
 plus `feature_layers` (the base blocks whose outputs it reads; None = the last hidden state) and `max_nodes` (the
 most nodes a proposal verifies: headroom of the base's KV cache). Verification never depends on the proposer, so any
 proposer is lossless. Plugins wrap a proposer (plugins/async_draft.py) or the base (plugins/offload.py).
-A drafter names its proposer with the class attribute `PROPOSER` (default "tree").
+A drafter names its proposer with the class attribute `PROPOSER` (default "tree"). The generic tree proposer lives
+here (eagle_tree.py); a drafter family with its own (block drafters) registers it from its folder — loaded by the
+time one of its drafters exists, so this registry never imports a family.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Optional, Protocol
 
 import torch
 
-from ...config.schema import ConfigError, closest
+from ...registry import Registry
 from ..accept import Sampling
 
 
@@ -45,27 +45,19 @@ class Proposer(Protocol):
     def keep(self, rows: torch.Tensor) -> None: ...
 
 
-PROPOSERS: dict[str, type] = {}
+PROPOSERS: Registry[type] = Registry("proposer", loaders=(f"{__name__}.eagle_tree",))
 
 
 def register_proposer(name: str):
     def deco(cls):
         cls.NAME = name
-        PROPOSERS[name] = cls
-        return cls
+        return PROPOSERS.register(name, cls)
     return deco
-
-
-def _load_all() -> None:
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
 
 
 def build_proposer(drafter, depth: int, top_k: int, total_tokens: int, best_first: bool = False) -> Proposer:
     """The proposer the drafter names, for one decode, with the strategy's shape: chain (top_k 1, total_tokens =
     depth), EAGLE-2 tree, or budget tree (best_first)."""
-    _load_all()
     name = getattr(drafter, "PROPOSER", "tree")
-    if name not in PROPOSERS:
-        raise ConfigError(f"drafter {type(drafter).__name__} names proposer {name!r}; {closest(name, PROPOSERS)}")
-    return PROPOSERS[name](drafter, depth=depth, top_k=top_k, total_tokens=total_tokens, best_first=best_first)
+    cls = PROPOSERS.get(name, where=f"drafter {type(drafter).__name__}")
+    return cls(drafter, depth=depth, top_k=top_k, total_tokens=total_tokens, best_first=best_first)

@@ -1,7 +1,8 @@
-"""DFlash training: many blocks per sequence in one forward, each drafting its B−1 tokens in parallel.
+"""Block-drafter training (DFlash's recipe, shared by the block families): many blocks per sequence in one forward,
+each drafting its B−1 tokens in parallel.
 
 For a sequence x_0..x_{T−1} with base features, an anchor a (an assistant position, a ≥ 1) makes the block
-[x_a, mask × (B−1)] at positions a..a+B−1, which sees the context vectors of positions < a (modeling/dflash.py).
+[x_a, mask × (B−1)] at positions a..a+B−1, which sees the context vectors of positions < a (block_common/model.py).
 Block slot i predicts x_{a+i}: its target is the base's distribution there (softmax of the base's logits at row
 a+i−1, restricted to the draft vocabulary). Loss = Σ_i decay**(i−1) · D_i / Σ_i decay**(i−1) over slots whose token
 is an assistant token, D = `algorithm.loss` of the menu. `algorithm.num_anchors` anchors per sequence, drawn at random
@@ -13,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling.dflash import block_attention, block_feature_layers, build_dflash_drafter
-from . import Algorithm, register
-from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import drafter_features, packed, same_segment
+from ...algorithms.losses import distribution_loss, masked_mean, top1_hits
+from ...algorithms.unroll import drafter_features, packed, same_segment
+from .model import block_attention, block_feature_layers
 
 
 def eligible_anchors(mask: torch.Tensor, packing: dict | None = None) -> torch.Tensor:
@@ -112,14 +112,9 @@ def block_distillation(logits: torch.Tensor, blocks: Blocks, alg) -> tuple[torch
     return total, metrics
 
 
-def dflash_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
-    blocks = training_blocks(drafter, batch, alg, training)
-    return block_distillation(drafter.logits(blocks.outputs), blocks, alg)
-
-
 @torch.no_grad()
 def block_simulated_acceptance(drafter, batch: dict, depth: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chain drafting of min(depth, B−1) from every eligible anchor, as in algorithms/unroll.simulated_acceptance:
+    """Chain drafting of min(depth, B−1) from every eligible anchor, as in evaluation.simulated_acceptance:
     (accepted, eligible) per draft position; positions beyond the block count as never reached."""
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     size = drafter.block_size
@@ -150,15 +145,3 @@ def block_simulated_acceptance(drafter, batch: dict, depth: int, chunk: int = 64
 
 def feature_layers(num_layers: int, configured: list) -> list:
     return list(configured) if configured else block_feature_layers(num_layers)
-
-
-def build(base, modeling, layers, meta, draft_vocab):
-    return build_dflash_drafter(base, layers, modeling.block_size, modeling.mask_token_id,
-                                modeling.draft_config_overrides, meta=meta, family=modeling.draft_family,
-                                hidden_size=modeling.draft_hidden_size, own_embedding=modeling.embedding == "own",
-                                own_lm_head=modeling.lm_head == "own" or draft_vocab is not None,
-                                draft_vocab=draft_vocab, draft_layers=modeling.draft_layers)
-
-
-register(Algorithm("dflash", dflash_loss, build, feature_layers, modeling_keys=("block_size", "mask_token_id"),
-                   packs=True))

@@ -12,14 +12,15 @@ from typing import Optional
 
 import torch
 
-from ..config.schema import ConfigError
-from .draft_config import draft_hf_config
-from .checkpoint import register_architecture
-from .compat import base_meta
-from .drafter_base import DrafterBase
-from .masks import causal_mask, packed_causal_mask, padded_causal_mask
-from . import ttt_attention
-from ..utils.hf_compat import cache_kw
+from ...config.errors import ConfigError
+from ...modeling import ttt_attention
+from ...modeling.architectures import register_architecture
+from ...modeling.base import check_model_path, decoder_parts
+from ...modeling.compat import base_meta
+from ...modeling.draft_config import draft_hf_config
+from ...modeling.drafter_base import DrafterBase
+from ...modeling.masks import causal_mask, packed_causal_mask, padded_causal_mask
+from ...utils.hf_compat import cache_kw
 
 
 @register_architecture("classic_drafter")
@@ -67,8 +68,6 @@ class ClassicDrafter(DrafterBase):
         return out.last_hidden_state[:, 1:], slots
 
     def decoder_layers(self) -> list[torch.nn.Module]:
-        from .base import decoder_parts
-
         return list(decoder_parts(self.lm)[0])
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -91,8 +90,6 @@ class ClassicDrafter(DrafterBase):
 
 def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> ClassicDrafter:
     from transformers import AutoModelForCausalLM
-
-    from .base import check_model_path
 
     meta = base_meta(base, meta)
     lm = None

@@ -1,7 +1,7 @@
-"""The block proposer: DFlash-style drafters draft a whole block in one call.
+"""The block proposer: block drafters (DFlash, DSpark) draft a whole block in one call.
 
 Per step: one drafter call over [the context rows committed since the last call; the block [root, mask × (B−1)]]
-(modeling/dflash.py). The context rows' keys stay in the drafter's KV cache, the block's are cropped. The block's
+(block_common/model.py). The context rows' keys stay in the drafter's KV cache, the block's are cropped. The block's
 slot i holds the drafter's distribution for the token at depth i; the proposal is
   chain  (top_k 1)  the top token (or one sample of q_i) at each depth 1..min(depth, B−1);
   tree   (top_k k)  a caterpillar: at depth i the k best (or k sampled without replacement) tokens of slot i, all
@@ -10,18 +10,18 @@ slot i holds the drafter's distribution for the token at depth i; the proposal i
 The drafter is always run with its full trained block, whatever the depth used. Sampled drafts carry q for the
 verifier; slot i's q does not depend on the tokens drawn before it — still an exact proposal for the
 rejection sampler, which only needs each draft drawn from the q it is checked against. How the slots are drawn is
-`draw` (all at once here; left to right with a Markov head in markov_block.py).
+`draw` (all at once here; left to right with a Markov head in families/dspark/proposer.py).
 """
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
 
-from ...modeling.dflash import block_attention
-from ..kv_cache import crop_cache, select_rows
-from ..slot_cache import SlotCache, kept_valid, started
-from ..tree import DraftTree, attach_q, draft_children, select_tree, tree_sampling
-from . import register_proposer
+from ...inference.kv_cache import crop_cache, select_rows
+from ...inference.proposers import register_proposer
+from ...inference.slot_cache import SlotCache, kept_valid, started
+from ...inference.tree import DraftTree, attach_q, draft_children, select_tree, tree_sampling
+from .model import block_attention
 
 
 def caterpillar_tree(drafter, root: torch.Tensor, logits: torch.Tensor, top_k: int, total_tokens: int, sampling,

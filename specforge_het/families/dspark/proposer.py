@@ -1,20 +1,21 @@
-"""The Markov block proposer: DSpark (modeling/dspark.py) — the block proposer's single backbone call, then the
+"""The Markov block proposer: DSpark (model.py) — the block proposer's single backbone call, then the
 slots drawn left to right.
 
 Slot i's logits add the Markov bias of the principal (first) token drawn at depth i−1 (the root for i = 1), so
 every depth's children are drawn from a q that depends on the draft before it — which is exactly the node they hang
-from in the caterpillar tree (block.py), so q stays the distribution each child was drawn from: exact for the
-rejection sampler. The confidence head's running product then cuts the proposal (drafter.confidence_cut; rows of
-a batch share the longest depth any of them keeps, so a cut never shortens a row below what it asked for).
+from in the caterpillar tree (block_common/proposer.py), so q stays the distribution each child was drawn from:
+exact for the rejection sampler. The confidence head's running product then cuts the proposal
+(drafter.confidence_cut; rows of a batch share the longest depth any of them keeps, so a cut never shortens a row
+below what it asked for).
 """
 from __future__ import annotations
 
 import torch
 
-from ...modeling.dspark import cut_depth
-from ..tree import draft_children
-from . import register_proposer
-from .block import BlockProposer
+from ...inference.proposers import register_proposer
+from ...inference.tree import draft_children
+from ..block_common.proposer import BlockProposer
+from .model import cut_depth
 
 
 @register_proposer("markov_block")

@@ -1,4 +1,4 @@
-"""DSpark training (modeling/dspark.py): DFlash's blocks (algorithms/dflash.py) with the Markov head in the logits
+"""DSpark training (model.py): the block recipe (families/block_common/train.py) with the Markov head in the logits
 and a confidence head fitted beside them.
 
 Slot i's logits add the Markov bias of the token before it in the data, x_{a+i−1} (teacher forcing: at inference
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..modeling.dspark import build_dspark_drafter
-from . import Algorithm, register
-from .dflash import _targets, block_distillation, feature_layers, training_blocks
-from .losses import masked_mean, top1_hits
+from ...algorithms import Algorithm, register
+from ...algorithms.losses import masked_mean, top1_hits
+from ..block_common.train import (_targets, block_distillation, block_simulated_acceptance, feature_layers,
+                                  training_blocks)
+from .model import build_dspark_drafter
 
 
 def dspark_loss(drafter, batch: dict, alg, training: bool = True):
@@ -40,4 +41,5 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("dspark", dspark_loss, build, feature_layers,
-                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut"), packs=True))
+                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut"), packs=True,
+                   architecture="dspark_drafter", simulate=block_simulated_acceptance))

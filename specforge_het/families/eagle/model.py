@@ -17,12 +17,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .draft_config import draft_hf_config
-from .checkpoint import register_architecture
-from .drafter_base import DrafterBase, build_for_base
-from .family import family_stack, rope_kwargs
-from .masks import causal_mask
-from ..utils.hf_compat import cache_kw
+from ...modeling.architectures import register_architecture
+from ...modeling.draft_config import draft_hf_config
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.family import family_stack, rope_kwargs
+from ...modeling.masks import causal_mask
+from ...utils.hf_compat import cache_kw
 
 __all__ = ["EagleDrafter", "build_drafter", "causal_mask"]
 

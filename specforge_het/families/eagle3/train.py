@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from ..config.schema import ConfigError
-from ..modeling.eagle3 import build_eagle3_drafter, default_feature_layers
-from . import Algorithm, register
-from .head_loss import fused_head_loss, teacher_once
-from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import drafter_features, packed, shifted, target_mask, unroll
+from ...algorithms import Algorithm, register
+from ...algorithms.head_loss import fused_head_loss, teacher_once
+from ...algorithms.losses import distribution_loss, masked_mean, top1_hits
+from ...algorithms.unroll import drafter_features, packed, shifted, target_mask, unroll
+from ...config.errors import ConfigError
+from ...modeling.feature_layers import default_feature_layers
+from .model import build_eagle3_drafter
 
 
 def eagle3_loss(drafter, batch: dict, alg, training: bool = True, sp=None) -> tuple[torch.Tensor, dict]:
@@ -98,4 +99,4 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output"),
-                   packs=True, sequence_parallel=True))
+                   switch_preset="eagle3_1", packs=True, sequence_parallel=True, architecture="eagle3_drafter"))

@@ -18,23 +18,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config.schema import ConfigError
-from .draft_config import draft_hf_config
-from .checkpoint import register_architecture
-from .compat import require_own_parts_for_width
-from .drafter_base import DrafterBase, build_for_base
-from .family import family_stack, rope_kwargs
-from .masks import causal_mask
-from ..utils.hf_compat import cache_kw
-
-
-def default_feature_layers(num_layers: int) -> list[int]:
-    """EAGLE-3's low / middle / high layers {1, N//2−1, N−4}; for bases under 8 layers, evenly spread over blocks
-    0..N−2: SGLang reads block k's output at the input of block k+1, so it cannot capture the last block."""
-    if num_layers >= 8:
-        return [1, num_layers // 2 - 1, num_layers - 4]
-    last = max(0, num_layers - 2)
-    return [0, last // 2, last]
+from ...config.errors import ConfigError
+from ...modeling.architectures import register_architecture
+from ...modeling.compat import require_own_parts_for_width
+from ...modeling.draft_config import draft_hf_config
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.family import family_stack, rope_kwargs
+from ...modeling.masks import causal_mask
+from ...utils.hf_compat import cache_kw
 
 
 class Midlayer(nn.Module):

@@ -1,5 +1,5 @@
-"""The DFlash block drafter (arXiv 2602.06036): one non-causal pass over a block [anchor, mask × (B−1)] drafts B−1
-tokens at once, conditioned on several base layers' features.
+"""The block-drafter backbone shared by the block families (DFlash's design, arXiv 2602.06036): one non-causal pass
+over a block [anchor, mask × (B−1)] drafts B−1 tokens at once, conditioned on several base layers' features.
 
     c_j = hidden_norm(fc(cat(f^{l1}_j, …, f^{lk}_j)))       the context: one vector per committed position j
     layer:  x = input_layernorm(h);  h = h + attn(q from x, k/v from [c_{<anchor}; x]);  h = h + mlp(post_norm(h))
@@ -23,31 +23,29 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config.schema import ConfigError
-from .draft_config import draft_hf_config
-from .checkpoint import register_architecture
-from .compat import require_own_parts_for_width
-from .drafter_base import DrafterBase, build_for_base
-from .family import family_stack, rope_kwargs
-from .masks import additive_mask
-from ..utils.hf_compat import cache_kw
+from ...config.errors import ConfigError
+from ...modeling.compat import require_own_parts_for_width
+from ...modeling.draft_config import draft_hf_config
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.family import family_stack, rope_kwargs
+from ...modeling.feature_layers import default_feature_layers
+from ...modeling.masks import additive_mask
+from ...utils.hf_compat import cache_kw
 
 
 def block_feature_layers(num_layers: int) -> list[int]:
     """DFlash reads 5 base blocks spread from the second to the fourth-last (3 under 8 layers, as EAGLE-3's default:
     the engines capture block k at the input of block k+1, so never the last block)."""
-    from .eagle3 import default_feature_layers
-
     if num_layers < 8:
         return default_feature_layers(num_layers)
     lo, hi = 1, num_layers - 4
     return sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
 
 
-@register_architecture("dflash_drafter")
-class DFlashDrafter(DrafterBase):
+class BlockDrafter(DrafterBase):
+    """The block-drafter backbone; a family registers its own subclass (it names the checkpoint architecture)."""
     EXTRA_KEYS = ("feature_layers", "block_size", "mask_token_id")
-    PROPOSER = "block"  # inference/proposers/block.py
+    PROPOSER = "block"  # families/block_common/proposer.py
 
     def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None,
                  base_embed_dim: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
@@ -145,12 +143,12 @@ def default_mask_token(base) -> int:
     return base.vocab_size - 1
 
 
-def build_dflash_drafter(base, feature_layers: list[int], block_size: int, mask_token_id: Optional[int],
+def build_block_drafter(base, feature_layers: list[int], block_size: int, mask_token_id: Optional[int],
                          overrides: Optional[dict] = None, meta: Optional[dict] = None, family: Optional[str] = None,
                          hidden_size: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
-                         draft_vocab: Optional[torch.Tensor] = None, draft_layers: int = 1, cls=DFlashDrafter,
-                         **extra) -> DFlashDrafter:
-    """A fresh block drafter (`cls`: DFlash, or a subclass such as DSpark taking `extra` arguments)."""
+                         draft_vocab: Optional[torch.Tensor] = None, draft_layers: int = 1, cls=None,
+                         **extra) -> BlockDrafter:
+    """A fresh block drafter of class `cls` (a family's BlockDrafter subclass; its own arguments in `extra`)."""
     cfg = draft_hf_config(base.config, draft_layers, family, hidden_size, overrides)
     mask = default_mask_token(base) if mask_token_id is None else mask_token_id
     return build_for_base(cls, base, cfg, meta, own_embedding, own_lm_head, draft_vocab,

@@ -2,7 +2,7 @@
 `EagleLlamaForCausalLM` — the official EAGLE layout in both): one clear error per reason."""
 from __future__ import annotations
 
-from ..config.schema import ConfigError
+from ...config.errors import ConfigError
 
 
 def check_eagle1_layout(drafter, engine: str) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..modeling.classic import build_classic_drafter
-from . import Algorithm, register
-from .losses import distribution_loss, masked_mean
-from .unroll import packed, target_mask
+from ...algorithms import Algorithm, register
+from ...algorithms.losses import distribution_loss, masked_mean
+from ...algorithms.unroll import packed, target_mask
+from ...config.errors import ConfigError
+from .model import build_classic_drafter
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -34,10 +35,8 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
     if draft_vocab is not None:
-        from ..config.schema import ConfigError
-
         raise ConfigError("classic_draft: a draft LM keeps the full vocabulary; unset modeling.draft_vocab_size")
     return build_classic_drafter(base, modeling, meta)
 
 
-register(Algorithm("classic_draft", classic_draft_loss, build, packs=True))
+register(Algorithm("classic_draft", classic_draft_loss, build, packs=True, architecture="classic_drafter"))

@@ -1,4 +1,4 @@
-"""DSpark (arXiv 2607.05147): the DFlash block backbone (modeling/dflash.py) plus two small heads.
+"""DSpark (arXiv 2607.05147): the DFlash block backbone (families/block_common/model.py) plus two small heads.
 
     o_1..o_{B−1}   the backbone's block outputs: one non-causal call, exactly as DFlash
     logits_i = lm_head(o_i) + markov_w2(markov_w1[x_{i−1}])      x_0 = the anchor; drafted left to right
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config.schema import ConfigError
-from .dflash import DFlashDrafter, build_dflash_drafter
-from .checkpoint import register_architecture
+from ...config.errors import ConfigError
+from ...modeling.architectures import register_architecture
+from ..block_common.model import BlockDrafter, build_block_drafter
 
 
 class MarkovHead(nn.Module):
@@ -49,9 +49,9 @@ class ConfidenceHead(nn.Module):
 
 
 @register_architecture("dspark_drafter")
-class DSparkDrafter(DFlashDrafter):
-    EXTRA_KEYS = DFlashDrafter.EXTRA_KEYS + ("markov_rank", "confidence_cut")
-    PROPOSER = "markov_block"  # inference/proposers/markov_block.py
+class DSparkDrafter(BlockDrafter):
+    EXTRA_KEYS = BlockDrafter.EXTRA_KEYS + ("markov_rank", "confidence_cut")
+    PROPOSER = "markov_block"  # families/dspark/proposer.py
 
     def __init__(self, hf_config, base_hidden_size: int, *args, markov_rank: int = 64, confidence_cut: float = 0.0,
                  **kwargs):
@@ -91,9 +91,9 @@ class DSparkDrafter(DFlashDrafter):
         return torch.stack(drafted, -1)
 
 
-def build_dspark_drafter(base, markov_rank: int, confidence_cut: float, **dflash) -> DSparkDrafter:
-    return build_dflash_drafter(base, cls=DSparkDrafter, markov_rank=markov_rank, confidence_cut=confidence_cut,
-                                **dflash)
+def build_dspark_drafter(base, markov_rank: int, confidence_cut: float, **block) -> DSparkDrafter:
+    return build_block_drafter(base, cls=DSparkDrafter, markov_rank=markov_rank, confidence_cut=confidence_cut,
+                               **block)
 
 
 def cut_depth(confidence: torch.Tensor, cut: float) -> int:

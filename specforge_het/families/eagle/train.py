@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Algorithm, register
-from .losses import distribution_loss, masked_mean, top1_hits
-from .unroll import packed, row_layout, target_mask
+from ...algorithms import Algorithm, register
+from ...algorithms.losses import distribution_loss, masked_mean, top1_hits
+from ...algorithms.unroll import packed, row_layout, target_mask
+from .model import build_drafter
 
 
 def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -42,12 +43,10 @@ def eagle2_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
-    from ..modeling.drafter import build_drafter
-
     return build_drafter(base, modeling.draft_layers, modeling.draft_config_overrides, meta=meta,
                          family=modeling.draft_family, hidden_size=modeling.draft_hidden_size,
                          own_embedding=modeling.embedding == "own", own_lm_head=modeling.lm_head == "own",
                          draft_vocab=draft_vocab, fc_bias=modeling.fc_bias)
 
 
-register(Algorithm("eagle2", eagle2_loss, build, packs=True))
+register(Algorithm("eagle2", eagle2_loss, build, packs=True, architecture="eagle_drafter"))
