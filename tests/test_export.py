@@ -187,3 +187,35 @@ def test_capture_rules_of_each_engine(layers, n, engine, ok):
     else:
         with pytest.raises(ConfigError, match=f"{engine} cannot feed this drafter"):
             check_capture(layers, n, engine)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_classic_draft_exports_as_a_plain_hf_lm(llama, tmp_path, tied):
+    """export.to hf: the classic draft LM as its own HF folder, which transformers loads back into the same logits
+    (tied embeddings saved once); an EAGLE drafter is refused in one line."""
+    from transformers import AutoModelForCausalLM
+
+    from specforge_het.export.to_hf import export_hf
+
+    modeling = {}
+    if tied:  # a pretrained small LM with tied embeddings (SmolLM2's layout) as the starting draft
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(vocab_size=llama.vocab_size, hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                     tie_word_embeddings=True)).save_pretrained(tmp_path / "small_lm")
+        modeling["draft_model_path"] = str(tmp_path / "small_lm")
+    drafter = make(llama, "classic_draft", **modeling)
+    out = export_hf(drafter, tmp_path / "hf", None, "BASE", 4)
+    cfg = json.loads((out / "config.json").read_text())
+    assert "_attn_implementation" not in cfg and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert ("lm_head.weight" in load_file(str(out / "model.safetensors"))) is not tied
+    spec = json.loads((out / "speculative_config.json").read_text())
+    assert spec == {"method": "draft_model", "model": str(out), "num_speculative_tokens": 4}
+    lm = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(3, 96, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, drafter.token_logits(ids), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="export.to hf: writes classic_drafter"):
+        export_hf(make(llama, "eagle3"), tmp_path / "e3", None, "BASE", 4)

@@ -174,13 +174,13 @@ def test_export_round_trip_reproduces_logits(trained):
     assert torch.equal(a.logits(a(h, ids, pos)), b.logits(b(h, ids, pos)))
 
 
-def test_export_refuses_unknown_and_planned_formats(trained):
+def test_export_refuses_unknown_formats_and_drafters_a_format_cannot_hold(trained):
     cfg = trained
     cfg.export.to = "sglangg"
     with pytest.raises(ConfigError, match="sglang"):
         export.run(cfg, [])
-    cfg.export.to = "hf"
-    with pytest.raises(ConfigError, match="not implemented"):
+    cfg.export.to = "hf"  # a plain HF folder holds a classic draft LM, not an EAGLE-2 drafter
+    with pytest.raises(ConfigError, match="export.to hf: writes classic_drafter .*this is a eagle2 drafter"):
         export.run(cfg, [])
     cfg.export.to, cfg.export.out = "vllm", str(Path(cfg.export.out) / "vllm")  # EAGLE-2 → vLLM's eagle method
     export.run(cfg, [])

@@ -46,9 +46,12 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
     "dspark": ("dspark", {"modeling__block_size": DEPTH + 1, "modeling__draft_family": "qwen3",
                           "modeling__draft_layers": 2, "modeling__markov_rank": 16, "algorithm__num_anchors": 16},
                ("vllm", "sglang")),
+    # A classic draft LM (same tokenizer) as a plain HF folder (export.to hf), served by vLLM's draft_model method.
+    "classic": ("classic_draft", {"modeling__draft_layers": 1, "training__learning_rate": 1e-2}, ("hf",)),
 }
 VLLM_LOAD_ONLY = ("dspark",)
-VLLM_SERVED = [n for n, (_, _, engines) in DRAFTERS.items() if "vllm" in engines and n not in VLLM_LOAD_ONLY]
+VLLM_SERVED = [n for n, (_, _, engines) in DRAFTERS.items()
+               if ("vllm" in engines or "hf" in engines) and n not in VLLM_LOAD_ONLY]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +120,10 @@ def vllm_results(served, drafters, prompts):
     work, _ = served
     runs = [{"name": "base", "speculative_config": None}]
     for name in VLLM_SERVED:
+        if "hf" in DRAFTERS[name][2]:  # a draft LM: the --speculative-config the export wrote (draft_model)
+            spec = json.loads((drafters[name] / "hf" / "speculative_config.json").read_text())
+            runs.append({"name": name, "speculative_config": {**spec, "num_speculative_tokens": DEPTH}})
+            continue
         spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
         method = spec.get("speculators_model_type") or "eagle"  # eagle3 / dflash (speculators), else eagle
         runs.append({"name": name, "speculative_config": {"method": method, "model": str(drafters[name] / "vllm"),

@@ -76,14 +76,14 @@ class Exporter:
 # Exporter modules are imported on first use (so that `export --help` stays cheap); the converters they write
 # come from the families, loaded on the first converter lookup.
 EXPORTERS: Registry[Exporter] = Registry("export format", loaders=tuple(
-    f"{__package__}.{m}" for m in ("to_ours", "to_sglang", "to_vllm")))
+    f"{__package__}.{m}" for m in ("to_ours", "to_sglang", "to_vllm", "to_hf")))
 
 
 def register_exporter(exporter: Exporter) -> Exporter:
     return EXPORTERS.register(exporter.name, exporter)
 
 
-PLANNED = {"hf": "a plain HF folder"}  # named in the docs, not built yet: refused as such
+PLANNED: dict[str, str] = {}  # formats named in the docs but not built yet: refused as such
 
 
 def get_exporter(name: str) -> Exporter:

@@ -1,0 +1,70 @@
+"""Export to a plain Hugging Face causal-LM folder — what vLLM's `draft_model` method and SGLang's `STANDALONE`
+algorithm load as a draft model: `config.json` (the LM's own HF config), `model.safetensors` (tied weights saved
+once), the base's tokenizer (a same-tokenizer draft), `speculative_config.json` (the `--speculative-config` to pass to
+`vllm serve`) and README.md with both engines' commands. A drafter family registers a converter for target "hf" when
+its drafter is a plain LM (families/classic/export.py).
+
+    vllm serve BASE --speculative-config '{"method": "draft_model", "model": DRAFT, "num_speculative_tokens": 5}'
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from .registry import Exporter, converter_for, register_exporter
+
+log = logging.getLogger(__name__)
+
+
+def speculative_config(out: Path, steps: int) -> dict:
+    return {"method": "draft_model", "model": str(out), "num_speculative_tokens": steps}
+
+
+def save_tokenizer(base: str, out: Path) -> bool:
+    """The base's tokenizer beside the draft (a same-tokenizer draft), when the base is a local folder."""
+    if not (Path(base) / "config.json").is_file():
+        return False
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return True
+
+
+def export_hf(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
+    EXPORTER.check(drafter)
+    config, weights = converter_for("hf", drafter).convert(drafter, dtype, base, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    atomic_write_json(out / "config.json", config)
+    if not save_tokenizer(base, out):
+        log.info(f"export: {base} is not a local folder: no tokenizer copied (vLLM and SGLang use the base's)")
+    spec = speculative_config(out, steps)
+    atomic_write_json(out / "speculative_config.json", spec)
+    atomic_write_text(out / "README.md", f"""# Draft model ({config['architectures'][0]}, a plain HF causal LM)
+
+Exported by specforge_het. vLLM serves it as a draft model of the same tokenizer:
+
+```bash
+vllm serve {base} --speculative-config '{json.dumps(spec)}'
+```
+
+SGLang (standalone draft model):
+
+```bash
+python -m sglang.launch_server --model-path {base} \\
+  --speculative-algorithm STANDALONE --speculative-draft-model-path {out} \\
+  --speculative-num-steps {steps} --speculative-eagle-topk 1 --speculative-num-draft-tokens {steps + 1}
+```
+""")
+    return out
+
+
+EXPORTER = register_exporter(Exporter(
+    "hf", "a plain HF causal-LM folder (draft models: vLLM draft_model, SGLang STANDALONE) + speculative_config.json",
+    False, lambda drafter, out, dtype, base, ex: export_hf(drafter, out, dtype, base, ex.num_steps)))
