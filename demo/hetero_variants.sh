@@ -13,4 +13,4 @@ for v in $VARIANTS; do
   $PY -m specforge_het.inference --@demo --@eagle2 --@"$v" "$@"
   dirs+=("$($PY -c "from specforge_het.config.cli import resolve_config; print(resolve_config(['--@demo', '--@eagle2', '--@$v'])[0].inference.output_dir)")")
 done
-$PY -m specforge_het.bench.variants "${dirs[@]}"
+$PY -m specforge_het.bench.variants --bench.reports "$(IFS=,; echo "${dirs[*]}")"

@@ -41,4 +41,4 @@ for row in $ORDER; do
     --inference.output_dir "$OUT/inf_$row" "$@"
   dirs+=("$OUT/inf_$row")
 done
-$PY -m specforge_het.bench.variants "${dirs[@]}"
+$PY -m specforge_het.bench.variants --bench.reports "$(IFS=,; echo "${dirs[*]}")"

@@ -2,11 +2,14 @@
 results, the transformers cache argument, and what exports read from the base's folder."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from specforge_het import __version__
@@ -102,3 +105,38 @@ def test_cli_reference_is_current():
     from specforge_het.reference_docs import OUT, render
 
     assert OUT.read_text() == render()
+
+
+BENCH_WITH_OPTIONS = ["forced_acceptance", "iteration_cost", "packing", "peer_train", "sequence_parallel",
+                      "train_speed", "ttt_memory", "variants", "plugins"]
+
+
+@pytest.mark.parametrize("name", BENCH_WITH_OPTIONS)
+def test_every_benchmark_takes_the_shared_option_syntax(name, capsys):
+    """Benchmarks read `--bench.KEY VALUE` like every stage reads --section.key: --help lists the keys, a misspelt key
+    is one line naming the closest, exit 2."""
+    import importlib
+
+    from specforge_het.bench._options import parse_options
+
+    options = importlib.import_module(f"specforge_het.bench.{name}").Options
+    with pytest.raises(SystemExit) as done:
+        parse_options(options, ["--help"], f"bench.{name}", "doc")
+    assert done.value.code == 0 and "--bench." in capsys.readouterr().out
+    key = next(f.name for f in dataclasses.fields(options) if not f.metadata.get("internal"))
+    with pytest.raises(SystemExit) as done:
+        parse_options(options, [f"--bench.{key}x", "1"], f"bench.{name}", "doc")
+    assert done.value.code == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 10_000), sizes=st.lists(st.integers(1, 64), min_size=1, max_size=4),
+       impls=st.lists(st.sampled_from(["ours", "per_step", "naive"]), min_size=1, max_size=3))
+def test_bench_options_round_trip_through_their_command_line(steps, sizes, impls):
+    """What a benchmark hands its own subprocesses (to_argv) reads back as the same options — comma lists of one
+    or several numbers included (fire reads `4` as a number and `1,4` as a tuple)."""
+    from specforge_het.bench._options import read_options, to_argv
+    from specforge_het.bench.ttt_memory import Options
+
+    o = Options(lengths=",".join(map(str, sizes)), ttt=steps, impls=",".join(impls), one="512,ours")
+    assert read_options(Options, to_argv(o), "bench.ttt_memory") == o

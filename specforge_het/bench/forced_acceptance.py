@@ -3,8 +3,8 @@
 step accepts the path to its tree's deepest node — so chain / tree / budget iterations are timed at full depth without a
 trained drafter. Base-only decoding of the same prompts runs in the same process for the ratio columns.
 
-    python -m specforge_het.bench.forced_acceptance [--device cuda] [--dtype bfloat16] [--batch-sizes 1,4]
-        [--new-tokens 128] [--layers 16] [--json out.json]
+    python -m specforge_het.bench.forced_acceptance [--bench.device cuda] [--bench.dtype bfloat16]
+        [--bench.batch_sizes 1,4] [--bench.new_tokens 128] [--bench.layers 16] [--bench.json out.json]
 
 iter/base step is our P1 metric: one speculative iteration (draft + verify + bookkeeping) over one base decode
 step; τ is fixed by the forced path length, so tokens/s ≈ τ ÷ (iter/base step) × base tokens/s.
@@ -12,7 +12,8 @@ step; τ is fixed by the forced path length, so tokens/s ≈ τ ÷ (iter/base st
 from __future__ import annotations
 
 import logging
-import argparse
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 import json
 
 import torch
@@ -22,6 +23,7 @@ from ..inference.engine import base_decode_batch, speculative_decode_batch
 from ..inference.measure import PeakMemory, format_table, summarise
 from ..modeling.base import FrozenBase, freeze
 from ..families.eagle.model import build_drafter
+from ._options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,20 @@ def random_base(layers: int, device: str, dtype: torch.dtype, sharpen: float) ->
     return FrozenBase(model=freeze(model.eval()), tokenizer=None, device=torch.device(device), dtype=dtype)
 
 
+@dataclass
+class Options:
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    batch_sizes: str = field(default="1,4", metadata={"help": "comma-separated"})
+    new_tokens: int = 128
+    prompts: int = 8
+    layers: int = 16
+    sharpen: float = field(default=10.0, metadata={"help": "scale of the tied embedding / lm_head"})
+    json: Optional[str] = field(default=None, metadata={"help": "also write the rows here"})
+
+
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--batch-sizes", default="1,4")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--layers", type=int, default=16)
-    ap.add_argument("--sharpen", type=float, default=10.0, help="scale of the tied embedding / lm_head")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    args = parse_options(Options, argv, "bench.forced_acceptance", __doc__)
     dtype = getattr(torch, args.dtype)
     base = random_base(args.layers, args.device, dtype, args.sharpen)
     torch.manual_seed(1)

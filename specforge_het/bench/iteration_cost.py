@@ -1,8 +1,9 @@
 """What one speculative iteration costs in base steps, eager against compiled and CUDA graphs, per strategy and batch.
 
-    python -m specforge_het.bench.iteration_cost [--bases demo,1b] [--modes eager,static,compiled,graphs]
-        [--batch-sizes 1,4]
-        [--new-tokens 48] [--prompts 4] [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
+    python -m specforge_het.bench.iteration_cost [--bench.bases demo,1b] [--bench.modes eager,static,compiled,graphs]
+        [--bench.batch_sizes 1,4]
+        [--bench.new_tokens 48] [--bench.prompts 4] [--bench.device cpu|cuda] [--bench.dtype float32|bfloat16]
+        [--bench.json out.json]
 
 Bases: `demo` (the project's demo Llama, output/demo_base: run the README's main job first) and `1b` (a random
 Llama-3.2-1B-shaped base, bench.forced_acceptance's). Each gets a random EAGLE-2 drafter and forced acceptance (every
@@ -19,7 +20,8 @@ recompilation, the OS) do not move them.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 import copy
 import dataclasses
 import json
@@ -35,6 +37,7 @@ from ..inference.compiled import compile_for_decoding
 from ..inference.engine import base_decode_batch, speculative_decode_batch
 from ..families.eagle.model import build_drafter
 from .forced_acceptance import STRATEGIES, random_base
+from ._options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def load(name: str, device: str, dtype: torch.dtype):
 
         if not (DEMO_BASE / "config.json").is_file():
             raise SystemExit(f"bench.iteration_cost: {DEMO_BASE} is missing; run the README's main job first "
-                             "(bash demo/run_pipeline.sh), or use --bases 1b")
+                             "(bash demo/run_pipeline.sh), or use --bench.bases 1b")
         base = load_base(BaseSection(model_name_or_path=str(DEMO_BASE), dtype=str(dtype).removeprefix("torch."),
                                      device=device))
     torch.manual_seed(1)
@@ -103,19 +106,22 @@ def measure(base, drafter, prompts: list[list[int]], batch_size: int, new_tokens
     return rows
 
 
+@dataclass
+class Options:
+    bases: str = field(default="demo,1b", metadata={"help": "comma-separated, of: " + ", ".join(BASES)})
+    modes: str = field(default="eager,compiled", metadata={"help": "comma-separated, of: " + ", ".join(MODES)})
+    batch_sizes: str = field(default="1,4", metadata={"help": "comma-separated"})
+    new_tokens: int = 48
+    prompts: int = 4
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    json: Optional[str] = field(default=None, metadata={"help": "also write the rows here"})
+
+
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--bases", default="demo,1b", help="comma-separated, of: " + ", ".join(BASES))
-    ap.add_argument("--modes", default="eager,compiled", help="comma-separated, of: " + ", ".join(MODES))
-    ap.add_argument("--batch-sizes", default="1,4")
-    ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    bases = comma_choices(args.bases, BASES, "bench.iteration_cost: --bases")
-    modes = comma_choices(args.modes, MODES, "bench.iteration_cost: --modes")
+    args = parse_options(Options, argv, "bench.iteration_cost", __doc__)
+    bases = comma_choices(args.bases, BASES, "bench.iteration_cost: --bench.bases")
+    modes = comma_choices(args.modes, MODES, "bench.iteration_cost: --bench.modes")
     dtype = getattr(torch, args.dtype)
     rows = []
     for name in bases:

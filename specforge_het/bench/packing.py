@@ -1,19 +1,23 @@
 """Sequence packing on a real dataset: padding fraction and training tokens/s, unpacked vs packed, in one run.
 
-    python -m specforge_het.bench.packing --@demo --@eagle3 --@demo_eagle3 [--steps 20]
+    python -m specforge_het.bench.packing --@demo --@eagle3 --@demo_eagle3 [--bench.steps 20]
 
 Both arms train the same fresh drafter (same seed, the preset's algorithm, batch size and learning rate) for
-`--steps` timed optimizer steps (after 2 untimed ones) on the same shuffled samples: unpacked (right-padded batches,
+`--bench.steps` timed optimizer steps (after 2 untimed ones) on the same shuffled samples: unpacked (right-padded
+batches,
 what training does without data.packing) and packed (LPT rows of data.max_length tokens). Tokens/s counts real
 (non-padding) tokens.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+from dataclasses import dataclass, field
 import logging
 import time
 
 import torch
+
+from ._options import parse_options, split_argv
 
 log = logging.getLogger(__name__)
 WARMUP = 2  # untimed steps per arm
@@ -55,14 +59,19 @@ def arm(cfg, base, dataset, packed: bool, steps: int) -> dict:
             "tokens": real, "loss_last5": sum(losses[-5:]) / len(losses[-5:])}
 
 
+@dataclass
+class Options:
+    steps: int = field(default=20, metadata={"help": "training steps per arm (the rest of the command line: presets "
+                                                     "and --section.key, as for train)"})
+
+
 def main(argv=None) -> None:
     from ..config.cli import resolve_config
     from ..modeling.base import load_base
     from ..train import training_dataset
 
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
-    args, rest = ap.parse_known_args(argv)
+    mine, rest = split_argv(sys.argv[1:] if argv is None else argv)
+    args = parse_options(Options, mine, "bench.packing", __doc__)
     cfg, _ = resolve_config(rest)
     base = load_base(cfg.base)
     dataset = training_dataset(cfg, base)

@@ -1,19 +1,20 @@
 """EAGLE-3 training side by side with SpecForge (sgl-project): same base, same dumped features, same batches, same
 optimizer and budget → tokens/s, peak memory and accuracy at each draft position, in one table.
 
-    python -m specforge_het.bench.peer_train --@demo --@eagle3 --@demo_eagle3 [--steps 60] [--eval-batches 8]
-        [--peer-python ~/.cache/specforge_het/peer-specforge0.2.0/bin/python] [--systems specforge_het,specforge]
+    python -m specforge_het.bench.peer_train --@demo --@eagle3 --@demo_eagle3 [--bench.steps 60]
+        [--bench.eval_batches 8] [--bench.peer_python ~/.cache/specforge_het/peer-specforge0.2.0/bin/python]
+        [--bench.systems specforge_het,specforge]
 
-Installs nothing. The SpecForge arm runs in `--peer-python` (default: this interpreter), an environment where
+Installs nothing. The SpecForge arm runs in `--bench.peer_python` (default: this interpreter), an environment where
 `import specforge` works and this package is importable; for example a venv holding `pip install --no-deps
 specforge==0.2.0 yunchang openai-harmony` on top of this project's packages (SpecForge pins torch 2.11 /
 sglang 0.5.14, neither of which its EAGLE-3 training path needs on CPU).
 
 Both arms read `data.dataset_dir` (our data_gen output: the fused aux layers and the last hidden state), train
-`--steps` AdamW steps (training.learning_rate, betas (0.9, 0.95), gradient clipping training.max_grad_norm,
+`--bench.steps` AdamW steps (training.learning_rate, betas (0.9, 0.95), gradient clipping training.max_grad_norm,
 linear warm-up over training.warmup_steps, then constant) on the same batches in the same order, TTT
 `algorithm.ttt_length` with weights 0.8**i, one process each (a fresh subprocess: its peak RSS is its own), then
-score the last `--eval-batches` batches (never trained on) with their own forward: top-1 agreement with the
+score the last `--bench.eval_batches` batches (never trained on) with their own forward: top-1 agreement with the
 base's token at each draft position. The embedding is the base's, frozen, in both; each system initialises the rest
 its own way (SpecForge: random lm_head; ours: lm_head from the base's).
 
@@ -25,7 +26,8 @@ SpecForge patches applied at run time, because its EAGLE-3 path assumes a CUDA G
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from typing import Optional
 import json
 import logging
 import math
@@ -39,6 +41,7 @@ import types
 import torch
 
 from . import comma_choices
+from ._options import parse_options, split_argv, to_argv
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,8 @@ def run_arm(system: str, argv: list[str], steps: int, eval_batches: int) -> dict
     data = batches_of(cfg, dataset, steps + eval_batches, t.per_device_train_batch_size)
     if len(data) < steps + eval_batches:
         raise SystemExit(f"bench.peer_train: {cfg.data.dataset_dir} holds {len(data)} batches of "
-                         f"{t.per_device_train_batch_size}; --steps + --eval-batches = {steps + eval_batches}")
+                         f"{t.per_device_train_batch_size}; --bench.steps + --bench.eval_batches = "
+                         f"{steps + eval_batches}")
     train, held_out = data[:steps], data[steps:]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     arm = (OursArm if system == "specforge_het" else SpecForgeArm)(cfg, base, dataset, feature_layers_for(cfg, base))
@@ -172,23 +176,26 @@ def run_arm(system: str, argv: list[str], steps: int, eval_batches: int) -> dict
             "loss_first": losses[0], "loss_last": sum(losses[-5:]) / len(losses[-5:])}
 
 
+@dataclass
+class Options:
+    steps: int = field(default=60, metadata={"help": "AdamW steps per arm"})
+    eval_batches: int = field(default=8, metadata={"help": "held-out batches scored after training"})
+    peer_python: str = field(default=sys.executable, metadata={"help": "the interpreter of SpecForge's environment"})
+    systems: str = field(default=",".join(SYSTEMS), metadata={"help": "comma-separated, of: " + ", ".join(SYSTEMS)})
+    one: Optional[str] = field(default=None, metadata={"internal": True})  # the system this subprocess trains
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60, help="AdamW steps per arm")
-    ap.add_argument("--eval-batches", type=int, default=8, help="held-out batches scored after training")
-    ap.add_argument("--peer-python", default=sys.executable, help="the interpreter of SpecForge's environment")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of: " + ", ".join(SYSTEMS))
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: the system this subprocess trains
-    args, rest = ap.parse_known_args(argv)
+    mine, rest = split_argv(sys.argv[1:] if argv is None else argv)
+    args = parse_options(Options, mine, "bench.peer_train", __doc__)
     if args.one:
         log.info(json.dumps(run_arm(args.one, rest, args.steps, args.eval_batches)))  # the parent reads it
         return
-    systems = comma_choices(args.systems, SYSTEMS, "bench.peer_train: --systems")
+    systems = comma_choices(args.systems, SYSTEMS, "bench.peer_train: --bench.systems")
     rows = []
     for system in systems:
         python = args.peer_python if system == "specforge" else sys.executable
-        cmd = [python, "-m", "specforge_het.bench.peer_train", "--one", system, "--steps", str(args.steps),
-               "--eval-batches", str(args.eval_batches), *rest]
+        cmd = [python, "-m", "specforge_het.bench.peer_train", *to_argv(args, one=system), *rest]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:

@@ -3,7 +3,7 @@ SubSpec 4-bit substitute, each without and with layer offloading (base-only deco
 plus asynchronous drafting and the router, every output checked token-identical to base greedy.
 
     python -m specforge_het.bench.plugins --@demo [--inference.num_prompts 8] [--inference.max_new_tokens 64]
-        [--bench_drafters "{'EAGLE-2': 'output/demo/drafter', 'EAGLE-3': 'output/demo/variants/eagle3', ...}"]
+        [--bench.drafters "{'EAGLE-2': 'output/demo/drafter', 'EAGLE-3': 'output/demo/variants/eagle3', ...}"]
 
 Drafters default to the demo's (bash demo/run_pipeline.sh and python -m specforge_het.bench.variants make them);
 missing ones are skipped with a note. Offloading keeps plugins.keep_first_n_layers_on_gpu blocks on the device
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.cli import run_entry, save_resolved_config
 from ..config.schema import RunConfig
-from ..config.errors import ConfigError
 from ..inference.prompts import load_prompts
 from ..inference.engine import base_decode_batch, hf_greedy
 from ..inference.measure import decode_batches, summarise
@@ -28,6 +28,7 @@ from ..plugins import Speculator, load_drafter_for
 from ..plugins.offload import offload_base
 from ..plugins.subspec import build_subspec_drafter
 from ..utils.io import atomic_write_json, atomic_write_text
+from ._options import parse_options, split_argv
 
 DEFAULT_DRAFTERS = {"EAGLE-2": "output/demo/drafter", "EAGLE-3": "output/demo/variants/eagle3",
                     "classic draft": "output/demo/variants/classic"}
@@ -115,19 +116,18 @@ def run(cfg: RunConfig, presets: list[str], paths: dict | None = None) -> list[d
     return rows
 
 
-def main(argv: list[str]) -> None:
-    paths = None
-    if "--bench_drafters" in argv:
-        import ast
+@dataclass
+class Options:
+    drafters: dict = field(default_factory=dict, metadata={
+        "help": "name → drafter folder ({'EAGLE-2': 'output/demo/drafter', ...}); empty = the demo's (the rest of "
+                "the command line: presets and --section.key, as for inference)"})
 
-        i = argv.index("--bench_drafters")
-        try:
-            paths = ast.literal_eval(argv[i + 1])
-        except (IndexError, ValueError, SyntaxError):
-            raise ConfigError("--bench_drafters: expected a dict literal {'name': 'drafter folder', ...}") from None
-        argv = argv[:i] + argv[i + 2:]
-    run_entry("bench.plugins", __doc__.strip().splitlines()[0], lambda cfg, presets: run(cfg, presets, paths), argv)
+
+def main(argv=None) -> None:
+    mine, rest = split_argv(sys.argv[1:] if argv is None else argv)
+    paths = parse_options(Options, mine, "bench.plugins", __doc__).drafters or None
+    run_entry("bench.plugins", __doc__.strip().splitlines()[0], lambda cfg, presets: run(cfg, presets, paths), rest)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,8 +1,8 @@
 """Sequence parallelism's memory and time per process against sequence length: one process holding the whole
 sequence next to a group of P processes (gloo) each holding 1/P of its rows.
 
-    python -m specforge_het.bench.sequence_parallel [--lengths 2048,4096,8192] [--sizes 1,2] [--ttt 7]
-        [--vocab 4096]
+    python -m specforge_het.bench.sequence_parallel [--bench.lengths 2048,4096,8192] [--bench.sizes 1,2] [--bench.ttt 7]
+        [--bench.vocab 4096]
 
 The drafter is bench.ttt_memory's fixed tiny EAGLE-3 (width 256, 8 heads, own lm_head); one forward + backward of
 the TTT loss (the training loss: fused head, teacher once) over one sequence, each measurement in fresh processes,
@@ -12,7 +12,8 @@ share its cores: time here is not the GPU picture, memory per process is.
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from typing import Optional
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ._options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def measure(length: int, size: int, ttt: int, vocab: int) -> dict:
     """Run one group of `size` processes in a fresh interpreter → the worst process's peak and the step time."""
     with tempfile.TemporaryDirectory() as tmp:
         report = str(Path(tmp) / "report")
-        cmd = [sys.executable, "-m", "specforge_het.bench.sequence_parallel", "--one",
+        cmd = [sys.executable, "-m", "specforge_het.bench.sequence_parallel", "--bench.one",
                f"{length},{size},{ttt},{vocab},{report}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -80,14 +83,17 @@ def measure(length: int, size: int, ttt: int, vocab: int) -> dict:
             "seconds": max(r["seconds"] for r in ranks)}
 
 
+@dataclass
+class Options:
+    lengths: str = field(default="2048,4096,8192", metadata={"help": "comma-separated sequence lengths"})
+    sizes: str = field(default="1,2", metadata={"help": "comma-separated group sizes P (1 = one process)"})
+    ttt: int = field(default=7, metadata={"help": "TTT unroll steps"})
+    vocab: int = field(default=4096, metadata={"help": "the drafter's (and the teacher's) vocabulary size"})
+    one: Optional[str] = field(default=None, metadata={"internal": True})  # length,size,ttt,vocab,report
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--lengths", default="2048,4096,8192", help="comma-separated sequence lengths")
-    ap.add_argument("--sizes", default="1,2", help="comma-separated group sizes P (1 = one process, no all-to-all)")
-    ap.add_argument("--ttt", type=int, default=7, help="TTT unroll steps")
-    ap.add_argument("--vocab", type=int, default=4096, help="the drafter's (and the teacher's) vocabulary size")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: length,size,ttt,vocab,report for one group
-    args = ap.parse_args(argv)
+    args = parse_options(Options, argv, "bench.sequence_parallel", __doc__)
     if args.one:
         length, size, ttt, vocab, report = args.one.split(",")
         torch.multiprocessing.spawn(_member, args=(int(size), _free_port(), int(length), int(ttt), int(vocab),
@@ -97,7 +103,8 @@ def main(argv=None) -> None:
         lengths = [int(x) for x in args.lengths.split(",") if x]
         sizes = [int(x) for x in args.sizes.split(",") if x]
     except ValueError:
-        raise SystemExit("bench.sequence_parallel: --lengths and --sizes take comma-separated integers") from None
+        raise SystemExit("bench.sequence_parallel: --bench.lengths and --bench.sizes take comma-separated "
+                         "integers") from None
     if any(s < 1 or 8 % s for s in sizes):
         raise SystemExit("bench.sequence_parallel: --sizes: each must divide the bench drafter's 8 heads (1, 2, 4, 8)")
     rows = []

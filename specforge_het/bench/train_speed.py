@@ -1,7 +1,8 @@
 """Training speed and peak memory of EAGLE-2 and EAGLE-3 (training-time test, 7 steps) drafters on one base, at
 one sequence length, side by side in one run.
 
-    python -m specforge_het.bench.train_speed [--base output/demo_base] [--seq 2048] [--steps 6] [--device cpu]
+    python -m specforge_het.bench.train_speed [--bench.base output/demo_base] [--bench.seq 2048] [--bench.steps 6]
+        [--bench.device cpu]
 
 Each algorithm runs in a fresh subprocess (so the peak resident memory on CPU belongs to it alone; on CUDA the
 allocator's peak is used): the base's features for one batch of real stdlib text are computed once, then timed
@@ -11,7 +12,8 @@ fp32 weights as in training. Tokens/s counts the sequence tokens trained on per 
 from __future__ import annotations
 
 import logging
-import argparse
+from dataclasses import dataclass, field
+from typing import Optional
 import json
 import resource
 import subprocess
@@ -19,6 +21,8 @@ import sys
 import time
 
 import torch
+
+from ._options import parse_options, to_argv
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +76,24 @@ def one(base_path: str, algorithm: dict, seq: int, steps: int, batch: int, devic
             "trainable": sum(p.numel() for p in drafter.parameters()), "loss": float(loss)}
 
 
+@dataclass
+class Options:
+    base: str = "output/demo_base"
+    seq: int = field(default=2048, metadata={"help": "tokens per sequence"})
+    batch: int = 1
+    steps: int = field(default=6, metadata={"help": "timed steps"})
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    one: Optional[str] = field(default=None, metadata={"internal": True})  # run one algorithm, print JSON
+
+
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default="output/demo_base")
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one algorithm, print JSON
-    args = ap.parse_args(argv)
+    args = parse_options(Options, argv, "bench.train_speed", __doc__)
     if args.one:
         log.info(json.dumps(one(args.base, RUNS[args.one], args.seq, args.steps, args.batch, args.device)))
         return []
     rows = []
     for label in RUNS:
-        proc = subprocess.run([sys.executable, "-m", "specforge_het.bench.train_speed", "--one", label,
-                               "--base", args.base, "--seq", str(args.seq), "--batch", str(args.batch),
-                               "--steps", str(args.steps), "--device", args.device],
+        proc = subprocess.run([sys.executable, "-m", "specforge_het.bench.train_speed", *to_argv(args, one=label)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"bench.train_speed: {label} failed:\n{proc.stderr[-2000:]}")

@@ -1,9 +1,9 @@
 """EAGLE-3 training-time-test memory and step time against sequence length, next to a naïve unroll.
 
-    python -m specforge_het.bench.ttt_memory [--lengths 512,1024,2048,4096] [--naive-max 2048] [--ttt 7]
-        [--vocab 4096] [--impls ours,per_step,naive]
+    python -m specforge_het.bench.ttt_memory [--bench.lengths 512,1024,2048,4096] [--bench.naive_max 2048]
+        [--bench.ttt 7] [--bench.vocab 4096] [--bench.impls ours,per_step,naive]
 
-One fixed tiny EAGLE-3 drafter (Llama midlayer, width 256, 8 heads, a `--vocab`-token own lm_head, 3 fused base
+One fixed tiny EAGLE-3 drafter (Llama midlayer, width 256, 8 heads, a `--bench.vocab`-token own lm_head, 3 fused base
 layers of width 256) runs one forward + backward of the TTT loss per length, each in a fresh subprocess so the peak
 resident memory (ru_maxrss) belongs to that step alone. Implementations:
   ours      the training loss: modeling/ttt_attention.py (SDPA causal + sink keys, no mask tensor), the teacher
@@ -16,7 +16,8 @@ The slope column is the peak-memory growth per doubling of L: ~2× means linear,
 from __future__ import annotations
 
 import logging
-import argparse
+from dataclasses import dataclass, field
+from typing import Optional
 import json
 import resource
 import subprocess
@@ -26,6 +27,7 @@ import time
 import torch
 
 from . import comma_choices
+from ._options import parse_options, to_argv
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +100,30 @@ def one_step(length: int, impl: str, ttt: int, vocab: int) -> dict:
     return {"length": length, "impl": impl, "peak_mib": (peak - before) / 1024, "seconds": seconds}
 
 
+@dataclass
+class Options:
+    lengths: str = field(default="512,1024,2048,4096", metadata={"help": "comma-separated sequence lengths"})
+    naive_max: int = field(default=2048, metadata={"help": "longest length for the naive unroll (it is quadratic)"})
+    ttt: int = field(default=7, metadata={"help": "TTT unroll steps"})
+    vocab: int = field(default=4096, metadata={"help": "the drafter's (and the teacher's) vocabulary size"})
+    impls: str = field(default="ours,per_step,naive", metadata={"help": "comma-separated, of: " + ", ".join(IMPLS)})
+    one: Optional[str] = field(default=None, metadata={"internal": True})  # length,impl for the subprocess
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--lengths", default="512,1024,2048,4096")
-    ap.add_argument("--naive-max", type=int, default=2048, help="longest length for the naive unroll (it is quadratic)")
-    ap.add_argument("--ttt", type=int, default=7)
-    ap.add_argument("--vocab", type=int, default=4096, help="the drafter's (and the teacher's) vocabulary size")
-    ap.add_argument("--impls", default="ours,per_step,naive", help="comma-separated, of: " + ", ".join(IMPLS))
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: length,impl for the subprocess
-    args = ap.parse_args(argv)
+    args = parse_options(Options, argv, "bench.ttt_memory", __doc__)
     if args.one:
         length, impl = args.one.split(",")
         log.info(json.dumps(one_step(int(length), impl, args.ttt, args.vocab)))
         return
-    impls = comma_choices(args.impls, IMPLS, "bench.ttt_memory: --impls")
+    impls = comma_choices(args.impls, IMPLS, "bench.ttt_memory: --bench.impls")
     rows = []
     for impl in impls:
         for length in (int(x) for x in args.lengths.split(",")):
             if impl == "naive" and length > args.naive_max:
                 continue
-            out = subprocess.run([sys.executable, "-m", "specforge_het.bench.ttt_memory", "--one", f"{length},{impl}",
-                                  "--ttt", str(args.ttt), "--vocab", str(args.vocab)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-m", "specforge_het.bench.ttt_memory",
+                                  *to_argv(args, one=f"{length},{impl}")], capture_output=True, text=True)
             if out.returncode:
                 rows.append({"length": length, "impl": impl, "error": out.stderr.strip().splitlines()[-1]})
                 continue

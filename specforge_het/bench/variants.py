@@ -1,18 +1,22 @@
 """A side-by-side table of inference reports: one row per drafter variant (τ, speedup, trainable size).
 
-    python -m specforge_het.bench.variants output/demo/variants/*/inference
+    python -m specforge_het.bench.variants --bench.reports 'output/demo/variants/*/inference'
 
-Each argument is an inference output folder (holding report.json) whose parent is the drafter it evaluated.
+`bench.reports`: inference output folders (each holding report.json, whose parent is the drafter it evaluated),
+comma-separated, each may be a glob pattern.
 """
 from __future__ import annotations
 
 import logging
 import json
 import math
-import sys
+from dataclasses import dataclass, field
+from glob import glob
 from pathlib import Path
 
 from safetensors import safe_open
+
+from ._options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +45,17 @@ def table(report_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        log.info(__doc__.strip())
-        return
-    log.info(table([Path(a) for a in argv]))
+@dataclass
+class Options:
+    reports: str = field(default="output/demo/variants/*/inference",
+                         metadata={"help": "inference output folders, comma-separated; glob patterns allowed"})
+
+
+def main(argv=None) -> None:
+    options = parse_options(Options, argv, "bench.variants", __doc__)
+    dirs = [Path(p) for pattern in options.reports.split(",") if pattern for p in (sorted(glob(pattern)) or [pattern])]
+    log.info(table(dirs))
 
 
 if __name__ == "__main__":
-    from ..utils.logs import setup_logging
-
-    setup_logging()
-    main(sys.argv[1:])
+    main()
