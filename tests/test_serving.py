@@ -48,6 +48,10 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
                ("vllm", "sglang")),
     # A classic draft LM (same tokenizer) as a plain HF folder (export.to hf), served by vLLM's draft_model method.
     "classic": ("classic_draft", {"modeling__draft_layers": 1, "training__learning_rate": 1e-2}, ("hf",)),
+    # A draft LM with its own tokenizer (made in `served`), distilled on the vocabulary intersection; vLLM serves it
+    # with draft_model + use_heterogeneous_vocab (its own token-level intersection).
+    "cross_vocab": ("classic_draft", {"modeling__draft_model_path": "OTHER_LM", "training__learning_rate": 1e-2},
+                    ("hf",)),
 }
 VLLM_LOAD_ONLY = ("dspark",)
 VLLM_SERVED = [n for n, (_, _, engines) in DRAFTERS.items()
@@ -81,6 +85,15 @@ def served(tmp_path_factory, tiny_base):
                           {"role": "assistant", "content": tok.decode(r.tokens[len(p):])}]}
             for p, r in zip(prompts, runs)]
     (work / "convs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A small LM with its own tokenizer (384-token BPE from other files; 2 heads of 32 for vLLM's CPU kernels).
+    from specforge_het.demo_base import train_tokenizer
+
+    other = train_tokenizer([f.text for f in stdlib_files(max_mb=1.2)][-40:], vocab_size=384)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(other), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                                 eos_token_id=other.eos_token_id, bos_token_id=other.eos_token_id,
+                                 pad_token_id=other.eos_token_id)).save_pretrained(work / "other_lm")
+    other.save_pretrained(work / "other_lm")
     return work, base
 
 
@@ -95,6 +108,7 @@ def drafters(served):
         # chain depth served (TTT 3, half the cost of the preset's 7 at the same τ here)
         eagle3 = {"modeling__lm_head": "own", "algorithm__ttt_length": DEPTH} if algorithm == "eagle3" else {}
         settings = {"training__max_steps": 80, "training__learning_rate": 3e-3, **eagle3, **overrides}
+        settings = {k: str(work / "other_lm") if v == "OTHER_LM" else v for k, v in settings.items()}
         cfg = make_cfg(work / name, str(work / "base"), str(work / "convs.jsonl"), algorithm__name=algorithm,
                        data__mode="online", data__aux_layer_ids=[0, 1, 2], training__per_device_train_batch_size=8,
                        training__logging_steps=50, training__save_steps=1000, **settings)
@@ -122,6 +136,7 @@ def vllm_results(served, drafters, prompts):
     for name in VLLM_SERVED:
         if "hf" in DRAFTERS[name][2]:  # a draft LM: the --speculative-config the export wrote (draft_model)
             spec = json.loads((drafters[name] / "hf" / "speculative_config.json").read_text())
+            assert spec.get("use_heterogeneous_vocab", False) == (name == "cross_vocab")
             runs.append({"name": name, "speculative_config": {**spec, "num_speculative_tokens": DEPTH}})
             continue
         spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
@@ -161,6 +176,8 @@ def test_vllm_serves_every_export_losslessly_with_our_acceptance(served, drafter
     assert parity["passed"], parity
     if name == "eagle3_full":  # a drafter that learned the base: the parity compares busy counters at every depth
         assert parity["tau_engine"] >= 1.5 and min(parity["rates_engine"]) >= 0.1, parity
+    if name in ("classic", "cross_vocab"):  # the draft LMs propose tokens the base accepts (through the
+        assert parity["tau_engine"] > 1.0, parity  # vocabulary intersection, for the one with its own tokenizer)
 
 
 @pytest.mark.xfail(reason="vLLM 0.32's CPU build is not lossless at T=1 with EAGLE-3 drafts here: its speculative "

@@ -8,7 +8,7 @@ refusing any other drafter with one line naming what it does write.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,6 +30,10 @@ class Converter:
     static_check: bool = True
     # (config, base, out folder, steps, topk, draft tokens) → README.md text; None = the exporter's default.
     readme: Optional[Callable[..., str]] = None
+    # Plain-LM formats (target hf): (drafter, base) → the folder whose tokenizer goes beside the draft, and the
+    # --speculative-config fields the engine needs besides method / model / steps.
+    tokenizer_from: Optional[Callable[..., str]] = None
+    serving_fields: dict = field(default_factory=dict)
 
 
 CONVERTERS: Registry[Converter] = Registry("converter")

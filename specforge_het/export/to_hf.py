@@ -22,33 +22,38 @@ from .registry import Exporter, converter_for, register_exporter
 log = logging.getLogger(__name__)
 
 
-def speculative_config(out: Path, steps: int) -> dict:
-    return {"method": "draft_model", "model": str(out), "num_speculative_tokens": steps}
+def speculative_config(out: Path, steps: int, fields: Optional[dict] = None) -> dict:
+    return {"method": "draft_model", "model": str(out), "num_speculative_tokens": steps, **(fields or {})}
 
 
-def save_tokenizer(base: str, out: Path) -> bool:
-    """The base's tokenizer beside the draft (a same-tokenizer draft), when the base is a local folder."""
-    if not (Path(base) / "config.json").is_file():
+def save_tokenizer(source: str, out: Path) -> bool:
+    """The tokenizer of `source` (the base's for a same-tokenizer draft) beside the draft, when it is a local
+    folder."""
+    if not (Path(source) / "config.json").is_file() and not (Path(source) / "tokenizer.json").is_file():
         return False
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return True
 
 
 def export_hf(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
     EXPORTER.check(drafter)
-    config, weights = converter_for("hf", drafter).convert(drafter, dtype, base, steps)
+    converter = converter_for("hf", drafter)
+    config, weights = converter.convert(drafter, dtype, base, steps)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", config)
-    if not save_tokenizer(base, out):
-        log.info(f"export: {base} is not a local folder: no tokenizer copied (vLLM and SGLang use the base's)")
-    spec = speculative_config(out, steps)
+    source = converter.tokenizer_from(drafter, base) if converter.tokenizer_from else base
+    if not save_tokenizer(source, out):
+        log.info(f"export: {source} is not a local folder: no tokenizer copied (vLLM and SGLang use the base's)")
+    spec = speculative_config(out, steps, converter.serving_fields)
     atomic_write_json(out / "speculative_config.json", spec)
+    kind = ("with its own tokenizer (token-level intersection)" if spec.get("use_heterogeneous_vocab")
+            else "of the same tokenizer")
     atomic_write_text(out / "README.md", f"""# Draft model ({config['architectures'][0]}, a plain HF causal LM)
 
-Exported by specforge_het. vLLM serves it as a draft model of the same tokenizer:
+Exported by specforge_het. vLLM serves it as a draft model {kind}:
 
 ```bash
 vllm serve {base} --speculative-config '{json.dumps(spec)}'

@@ -5,6 +5,7 @@ The LM runs at its natural positions (token j at position j; model.py feeds the 
 the engines, which run a draft model as a plain LM over the sequence, draft exactly what our decoder drafts."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -17,7 +18,8 @@ from ...modeling.safetensors_io import tied_keys
 
 def classic_to_hf(drafter, dtype: Optional[torch.dtype], base: str = "", steps: int = 0) -> tuple[dict, dict]:
     lm = drafter.lm
-    if drafter.base_vocab_size is not None and lm.config.vocab_size != drafter.base_vocab_size:
+    same = drafter.SAME_TOKENIZER
+    if same and drafter.base_vocab_size is not None and lm.config.vocab_size != drafter.base_vocab_size:
         raise ConfigError(f"export.to hf: this draft's vocabulary ({lm.config.vocab_size} rows) differs from the "
                           f"base's ({drafter.base_vocab_size}); vLLM's draft_model needs them equal")
     ties = tied_keys(lm.state_dict())  # e.g. lm_head tied to the embedding: saved once, as HF does
@@ -30,5 +32,20 @@ def classic_to_hf(drafter, dtype: Optional[torch.dtype], base: str = "", steps: 
     return config, weights
 
 
+def own_tokenizer_folder(drafter, base: str) -> str:
+    """A draft with its own tokenizer ships it: the draft LM's folder it was built from (its tokenizer files)."""
+    path = drafter.meta.get("draft_model_path")
+    if not path or not Path(path).is_dir():
+        raise ConfigError(f"export.to hf: this draft has its own tokenizer, read from modeling.draft_model_path "
+                          f"({path!r}) when it was built; that folder is needed to export it")
+    return path
+
+
 register_converter(Converter("hf", "classic_drafter", "a plain HF causal LM (vLLM draft_model, SGLang STANDALONE)",
                              classic_to_hf))
+# With its own tokenizer: the draft's tokenizer ships with it and vLLM maps the vocabularies itself
+# (use_heterogeneous_vocab: the same token-level intersection as vocab_map.py; greedy drafting only).
+register_converter(Converter("hf", "classic_cross_vocab_drafter",
+                             "a plain HF causal LM with its own tokenizer (vLLM draft_model, use_heterogeneous_vocab)",
+                             classic_to_hf, tokenizer_from=own_tokenizer_folder,
+                             serving_fields={"use_heterogeneous_vocab": True}))

@@ -26,6 +26,7 @@ from ...utils.hf_compat import cache_kw
 @register_architecture("classic_drafter")
 class ClassicDrafter(DrafterBase):
     token_only = True  # reads no base features: teacher-forced unrolling equals one plain forward
+    SAME_TOKENIZER = True  # its ids are the base's (cross_vocab.py: a draft LM with its own tokenizer)
 
     def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None,
                  base_embed_dim: Optional[int] = None, own_embedding: bool = False, own_lm_head: bool = False,
@@ -33,7 +34,7 @@ class ClassicDrafter(DrafterBase):
         from transformers import AutoModelForCausalLM
 
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, False, False, None, meta)
-        if base_vocab_size is not None and hf_config.vocab_size < base_vocab_size:
+        if self.SAME_TOKENIZER and base_vocab_size is not None and hf_config.vocab_size < base_vocab_size:
             raise ConfigError(f"classic draft model has a {hf_config.vocab_size}-token vocabulary but the base has "
                               f"{base_vocab_size}: the draft must share the base's tokenizer")
         hf_config._attn_implementation = ttt_attention.NAME
@@ -100,6 +101,11 @@ def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> Classi
         lm = AutoModelForCausalLM.from_pretrained(modeling.draft_model_path, dtype=torch.float32)
         cfg = lm.config
         meta["draft_model_path"] = modeling.draft_model_path
+        draft_tokenizer = own_tokenizer(modeling.draft_model_path, base)
+        if draft_tokenizer is not None:  # another tokenizer than the base's: token-level intersection
+            from .cross_vocab import build_cross_vocab_drafter
+
+            return build_cross_vocab_drafter(base, lm, draft_tokenizer, meta)
     else:
         cfg = draft_hf_config(base.config, modeling.draft_layers, modeling.draft_family, modeling.draft_hidden_size,
                               modeling.draft_config_overrides)
@@ -111,3 +117,17 @@ def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> Classi
         with torch.no_grad():  # same width: start from the base's token embeddings
             drafter.lm.get_input_embeddings().weight.copy_(base.embed_tokens.weight)
     return drafter
+
+
+def own_tokenizer(path: str, base):
+    """The draft LM's tokenizer when it differs from the base's (None: the same vocabulary, or no tokenizer saved
+    beside the draft — then it must be the base's)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    if base.tokenizer is None or tokenizer.get_vocab() == base.tokenizer.get_vocab():
+        return None
+    return tokenizer

@@ -19,6 +19,8 @@ from .model import build_classic_drafter
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
+    if not drafter.SAME_TOKENIZER:
+        return cross_vocab_loss(drafter, batch, alg)
     ids, last = batch["input_ids"], batch["hidden"]
     logits = drafter.token_logits(ids[:, :-1], packed(batch)).float()
     m = target_mask(batch, 1, ids.shape[1] - 1).float()
@@ -31,6 +33,29 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
     with torch.no_grad():
         acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), m)
     return loss, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
+
+
+def cross_vocab_loss(drafter, batch: dict, alg) -> tuple[torch.Tensor, dict]:
+    """A draft LM with its own tokenizer (cross_vocab.py), trained on the vocabulary intersection: the base's and
+    the draft's distributions both restricted to the shared tokens (renormalised there), D between them, and CE on
+    the data's next token where it is a shared one. Positions whose next token the draft cannot name teach D only."""
+    ids, last = batch["input_ids"], batch["hidden"]
+    draft_ids, target_ids = drafter.intersection()
+    logits = drafter.draft_logits(drafter.token_states(ids[:, :-1], packed(batch)))[..., draft_ids].float()
+    with torch.no_grad():
+        head = drafter.base_lm_head
+        base_logits = head(last[:, :-1].to(head.weight.dtype))[..., target_ids].float()
+    slot = torch.full((drafter.base_vocab_size,), -1, dtype=torch.long, device=ids.device)
+    slot[target_ids] = torch.arange(len(target_ids), device=ids.device)  # base id → its column here
+    nxt = slot[ids[:, 1:]]
+    m = target_mask(batch, 1, ids.shape[1] - 1).float()
+    shared = m * (nxt >= 0).float()
+    ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), nxt.clamp_min(0), reduction="none"), shared)
+    kd = masked_mean(distribution_loss(alg.loss)(base_logits, logits), m)
+    a = alg.distill_alpha
+    with torch.no_grad():
+        acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), m)
+    return (1 - a) * ce + a * kd, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):

@@ -1,0 +1,81 @@
+"""A draft LM with its own tokenizer (token-level intersection, TLI — vLLM's `use_heterogeneous_vocab`).
+
+The decode loop speaks the base's ids. Each base id reaches the draft LM as the draft id of the same string (the
+draft's unk where there is none: vocab_map.py); the draft's next-token distribution is restricted to the
+intersection and moved onto base ids. So the proposer's q is an ordinary distribution over base tokens — greedy
+decoding stays token-identical to the base (verification never depends on the drafter) and rejection sampling stays
+exact — and vLLM, which drafts the same way, proposes the same tokens.
+
+Training (train.py) distils on the intersection: the data's base tokens outside it teach nothing.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from ...modeling.architectures import register_architecture
+from ...modeling.compat import base_meta
+from .model import ClassicDrafter
+from .vocab_map import build_vocab_map, overlap_line
+
+log = logging.getLogger(__name__)
+
+
+@register_architecture("classic_cross_vocab_drafter")
+class CrossVocabDrafter(ClassicDrafter):
+    SAME_TOKENIZER = False
+
+    def __init__(self, hf_config, base_hidden_size: int, base_vocab_size: Optional[int] = None, *args,
+                 meta: Optional[dict] = None, lm=None, **kwargs):
+        super().__init__(hf_config, base_hidden_size, base_vocab_size, *args, meta=meta, lm=lm, **kwargs)
+        # The vocabulary map (vocab_map.py), saved with the weights: tli_target_to_draft [V_base],
+        # tli_draft_to_target [V_draft] (−1 outside the intersection), and the draft's fallback id.
+        self.register_buffer("tli_target_to_draft", torch.full((base_vocab_size,), -1, dtype=torch.long))
+        self.register_buffer("tli_draft_to_target", torch.full((hf_config.vocab_size,), -1, dtype=torch.long))
+        self.register_buffer("tli_draft_unk", torch.tensor(0))
+
+    def set_vocab_map(self, vocab_map: dict) -> "CrossVocabDrafter":
+        self.tli_target_to_draft.copy_(vocab_map["target_to_draft"])
+        self.tli_draft_to_target.copy_(vocab_map["draft_to_target"])
+        self.tli_draft_unk.copy_(vocab_map["draft_unk"])
+        return self
+
+    def to_draft(self, target_ids: torch.Tensor) -> torch.Tensor:
+        ids = self.tli_target_to_draft[target_ids]
+        return torch.where(ids < 0, self.tli_draft_unk, ids)
+
+    def intersection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(draft ids, their base ids) of the shared token strings, in draft-id order."""
+        draft_ids = (self.tli_draft_to_target >= 0).nonzero()[:, 0]
+        return draft_ids, self.tli_draft_to_target[draft_ids]
+
+    def forward(self, hidden, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return super().forward(hidden, self.to_draft(input_ids), *args, **kwargs)
+
+    def prefill(self, hidden, prompt_ids: torch.Tensor, next_tokens: torch.Tensor, *args, **kwargs):
+        return super().prefill(hidden, self.to_draft(prompt_ids), self.to_draft(next_tokens), *args, **kwargs)
+
+    def draft_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.lm.lm_head(features)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Over the base's vocabulary: the intersection's draft logits at their base ids, −inf elsewhere."""
+        draft = self.draft_logits(features)
+        draft_ids, target_ids = self.intersection()
+        out = draft.new_full((*draft.shape[:-1], self.base_vocab_size), float("-inf"))
+        out[..., target_ids] = draft[..., draft_ids]
+        return out
+
+    def token_states(self, input_ids: torch.Tensor, packing: Optional[dict] = None) -> torch.Tensor:
+        return super().token_states(self.to_draft(input_ids), packing)
+
+
+def build_cross_vocab_drafter(base, lm, draft_tokenizer, meta: dict) -> CrossVocabDrafter:
+    vocab_map = build_vocab_map(base.tokenizer, draft_tokenizer, base.vocab_size, lm.config.vocab_size)
+    n = int((vocab_map["draft_to_target"] >= 0).sum())
+    log.info(f"classic_draft: the draft LM has its own tokenizer; {overlap_line(vocab_map)}")
+    meta = base_meta(base, {**meta, "vocab_intersection": n})
+    drafter = CrossVocabDrafter(lm.config, base.hidden_size, base.vocab_size, meta=meta, lm=lm).set_vocab_map(vocab_map)
+    return drafter.to(base.device).attach_base(base.embed_tokens, base.lm_head)
