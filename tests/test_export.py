@@ -217,5 +217,5 @@ def test_classic_draft_exports_as_a_plain_hf_lm(llama, tmp_path, tied):
     ids = torch.randint(3, 96, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(lm(ids).logits, drafter.token_logits(ids), rtol=0, atol=1e-5)
-    with pytest.raises(ConfigError, match="export.to hf: writes classic_drafter"):
+    with pytest.raises(ConfigError, match="export.to hf: writes .*classic_drafter .*this is a eagle3 drafter"):
         export_hf(make(llama, "eagle3"), tmp_path / "e3", None, "BASE", 4)

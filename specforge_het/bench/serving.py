@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config.cli import run_entry, save_resolved_config
 from ..config.schema import RunConfig
 from ..config.errors import ConfigError
+from ..export.registry import get_exporter
 from ..inference.prompts import load_prompts
 from ..inference.engine import Sampling, hf_greedy
 from ..inference.strategies import eos_ids
@@ -42,7 +43,11 @@ def export_for(drafter_dir: Path, engine: str, depth: int, base: str) -> Path | 
     out = drafter_dir / f"serving_{engine}"
     try:
         check_capture(getattr(drafter, "feature_layers", None), base_num_layers(drafter, base), engine)
-        if engine == "vllm":
+        if engine == "vllm" and drafter.ARCHITECTURE in (get_exporter("hf").supports or {}):
+            from ..export.to_hf import export_hf  # a draft LM: vLLM's draft_model method
+
+            export_hf(drafter, out, None, base, depth)
+        elif engine == "vllm":
             from ..export.to_vllm import export_vllm
 
             export_vllm(drafter, out, None, base, depth)
@@ -77,8 +82,12 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     for d in drafters:
         v = exports[d]["vllm"]
         if isinstance(v, Path):
-            method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") else "eagle"
-            spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}
+            if (v / "speculative_config.json").is_file():  # a draft LM (export.to hf): the config it wrote
+                spec = {**json.loads((v / "speculative_config.json").read_text()), "num_speculative_tokens": depth}
+            else:
+                method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") \
+                    else "eagle"
+                spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}
             runs += [{"name": f"{d}@0", "speculative_config": spec, "temperature": 0.0},
                      {"name": f"{d}@1", "speculative_config": spec, "temperature": hot}]
     for r in runs:

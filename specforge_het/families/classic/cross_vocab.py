@@ -17,7 +17,7 @@ import torch
 
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import base_meta
-from .model import ClassicDrafter
+from .model import ClassicDrafter, load_draft_lm
 from .vocab_map import build_vocab_map, overlap_line
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ class CrossVocabDrafter(ClassicDrafter):
         return super().token_states(self.to_draft(input_ids), packing)
 
 
-def build_cross_vocab_drafter(base, lm, draft_tokenizer, meta: dict) -> CrossVocabDrafter:
+def build_cross_vocab_drafter(base, modeling, draft_tokenizer, meta: dict) -> CrossVocabDrafter:
+    """The LM of modeling.draft_model_path, whose tokenizer (`draft_tokenizer`) is not the base's."""
+    lm = load_draft_lm(modeling.draft_model_path)
+    meta = {**(meta or {}), "draft_model_path": modeling.draft_model_path}
     vocab_map = build_vocab_map(base.tokenizer, draft_tokenizer, base.vocab_size, lm.config.vocab_size)
     n = int((vocab_map["draft_to_target"] >= 0).sum())
     log.info(f"classic_draft: the draft LM has its own tokenizer; {overlap_line(vocab_map)}")

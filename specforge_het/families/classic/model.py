@@ -90,22 +90,12 @@ class ClassicDrafter(DrafterBase):
 
 
 def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> ClassicDrafter:
-    from transformers import AutoModelForCausalLM
-
     meta = base_meta(base, meta)
     lm = None
     if modeling.draft_model_path:
-        check_model_path(modeling.draft_model_path, "modeling.draft_model_path")
-        # fp32 master weights whatever the base's dtype: the optimizer must not step bf16 parameters (autocast
-        # takes care of the compute dtype).
-        lm = AutoModelForCausalLM.from_pretrained(modeling.draft_model_path, dtype=torch.float32)
+        lm = load_draft_lm(modeling.draft_model_path)
         cfg = lm.config
         meta["draft_model_path"] = modeling.draft_model_path
-        draft_tokenizer = own_tokenizer(modeling.draft_model_path, base)
-        if draft_tokenizer is not None:  # another tokenizer than the base's: token-level intersection
-            from .cross_vocab import build_cross_vocab_drafter
-
-            return build_cross_vocab_drafter(base, lm, draft_tokenizer, meta)
     else:
         cfg = draft_hf_config(base.config, modeling.draft_layers, modeling.draft_family, modeling.draft_hidden_size,
                               modeling.draft_config_overrides)
@@ -117,6 +107,15 @@ def build_classic_drafter(base, modeling, meta: Optional[dict] = None) -> Classi
         with torch.no_grad():  # same width: start from the base's token embeddings
             drafter.lm.get_input_embeddings().weight.copy_(base.embed_tokens.weight)
     return drafter
+
+
+def load_draft_lm(path: str):
+    """A small LM to start a draft from (local folder or hub id; trust_remote_code stays off), in fp32: the
+    optimizer must not step bf16 parameters (autocast takes care of the compute dtype)."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(path, "modeling.draft_model_path")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
 def own_tokenizer(path: str, base):

@@ -15,7 +15,8 @@ from ...algorithms import Algorithm, register
 from ...algorithms.losses import distribution_loss, masked_mean
 from ...algorithms.unroll import packed, target_mask
 from ...config.errors import ConfigError
-from .model import build_classic_drafter
+from .cross_vocab import build_cross_vocab_drafter
+from .model import build_classic_drafter, own_tokenizer
 
 
 def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
@@ -43,8 +44,9 @@ def cross_vocab_loss(drafter, batch: dict, alg) -> tuple[torch.Tensor, dict]:
     draft_ids, target_ids = drafter.intersection()
     logits = drafter.draft_logits(drafter.token_states(ids[:, :-1], packed(batch)))[..., draft_ids].float()
     with torch.no_grad():
-        head = drafter.base_lm_head
-        base_logits = head(last[:, :-1].to(head.weight.dtype))[..., target_ids].float()
+        head = drafter.base_lm_head  # only its rows of the shared tokens: a fraction of a large vocabulary
+        bias = head.bias[target_ids] if head.bias is not None else None
+        base_logits = F.linear(last[:, :-1].to(head.weight.dtype), head.weight[target_ids], bias).float()
     slot = torch.full((drafter.base_vocab_size,), -1, dtype=torch.long, device=ids.device)
     slot[target_ids] = torch.arange(len(target_ids), device=ids.device)  # base id → its column here
     nxt = slot[ids[:, 1:]]
@@ -61,6 +63,10 @@ def cross_vocab_loss(drafter, batch: dict, alg) -> tuple[torch.Tensor, dict]:
 def build(base, modeling, feature_layers, meta, draft_vocab):
     if draft_vocab is not None:
         raise ConfigError("classic_draft: a draft LM keeps the full vocabulary; unset modeling.draft_vocab_size")
+    if modeling.draft_model_path:
+        tokenizer = own_tokenizer(modeling.draft_model_path, base)
+        if tokenizer is not None:  # another tokenizer than the base's: the token-level intersection
+            return build_cross_vocab_drafter(base, modeling, tokenizer, meta)
     return build_classic_drafter(base, modeling, meta)
 
 
