@@ -63,9 +63,11 @@ def imported(module: str, path: Path) -> set[str]:
             else:
                 prefix = node.module or ""
             found |= {f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in MODULES else prefix for a in node.names}
-    found = {m for m in found if m.startswith("specforge_het")}
+    found = {m for m in found if m.startswith("specforge_het") and m in MODULES and m != module}
+    # Importing a.b.c runs a/__init__ and a/b/__init__ first — except the packages holding `module`, which run
+    # before it anyway; a name imported from one of those (`from . import X`) is an edge like any other.
     parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
-    return {m for m in found | parents if m in MODULES and m != module and not module.startswith(m + ".")}
+    return found | {m for m in parents if m in MODULES and m != module and not module.startswith(m + ".")}
 
 
 GRAPH = {m: imported(m, p) for m, p in MODULES.items()}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.errors import ConfigError
-from . import Plugin, register_plugin
+from .registry import Plugin, register_plugin
 from ..inference.kv_cache import crop_cache
 from ..inference.tree import expand_tree
 from ..modeling.masks import padded_causal_mask

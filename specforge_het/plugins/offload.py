@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config.errors import ConfigError
-from . import Plugin, register_plugin
+from .registry import Plugin, register_plugin
 
 
 @dataclass

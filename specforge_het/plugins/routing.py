@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..config.errors import ConfigError
-from . import Plugin, Speculator, register_plugin
+from .registry import Plugin, register_plugin
+from .speculator import Speculator
 from .loading import load_drafter_for
 from ..inference.engine import speculative_decode_batch
 from ..modeling.safetensors_io import read_safetensors

@@ -22,7 +22,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..config.errors import ConfigError
-from . import Plugin, Speculator, register_plugin
+from .registry import Plugin, register_plugin
+from .speculator import Speculator
 from ..modeling.base import decoder_parts
 from ..families.classic.model import ClassicDrafter
 from ..modeling.compat import base_meta
