@@ -33,14 +33,17 @@ def state_of(drafter, dtype: Optional[torch.dtype]) -> dict:
             for k, v in drafter.state_dict().items() if "rotary_emb." not in k}
 
 
-def vllm_layer_config(cfg) -> dict:
-    """A draft layer's config as vLLM's speculators formats hold it (`transformer_layer_config`)."""
+def vllm_layer_config(drafter) -> dict:
+    """A draft layer's config as vLLM's speculators formats hold it (`transformer_layer_config`), with the base's
+    vocabulary size."""
+    cfg = drafter.hf_config
     fields = llama_fields(cfg)
     if cfg.model_type == "qwen3":  # Eagle3Qwen3ForCausalLM: the same shape fields, q/k norms implied by the family
         fields["model_type"] = "qwen3"
         fields["architectures"] = ["Qwen3ForCausalLM"]
     else:
         fields["architectures"] = ["LlamaForCausalLM"]
+    fields["vocab_size"] = drafter.base_vocab_size
     return fields
 
 

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from safetensors.torch import save_file
+
 from ..config.errors import ConfigError
 from ..registry import Registry
+from ..utils.io import atomic_write, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,18 @@ def converters_for(target: str) -> dict[str, Converter]:
 
 def converter_for(target: str, drafter) -> Converter:
     return converters_for(target)[drafter.ARCHITECTURE]
+
+
+def write_converted(target: str, drafter, out: Path, dtype, base: str, steps: int) -> tuple[Converter, dict]:
+    """What every engine exporter does first: refuse a drafter it cannot hold, convert it, and write
+    model.safetensors + config.json into `out` → (the converter, the config written)."""
+    EXPORTERS.get(target).check(drafter)
+    converter = converter_for(target, drafter)
+    config, weights = converter.convert(drafter, dtype, base, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
+    atomic_write_json(out / "config.json", config)
+    return converter, config
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 
-from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
-from .registry import Exporter, converter_for, register_exporter
+from ..utils.io import atomic_write_json, atomic_write_text
+from .registry import Exporter, register_exporter, write_converted
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,7 @@ def save_tokenizer(source: str, out: Path) -> bool:
 
 
 def export_hf(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
-    EXPORTER.check(drafter)
-    converter = converter_for("hf", drafter)
-    config, weights = converter.convert(drafter, dtype, base, steps)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    atomic_write_json(out / "config.json", config)
+    converter, config = write_converted("hf", drafter, out, dtype, base, steps)
     source = converter.tokenizer_from(drafter, base) if converter.tokenizer_from else base
     if not save_tokenizer(source, out):
         log.info(f"export: {source} is not a local folder: no tokenizer copied (vLLM and SGLang use the base's)")

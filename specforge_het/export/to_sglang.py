@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 
 from ..config.errors import ConfigError
-from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
-from .registry import Exporter, converter_for, converters_for, register_exporter
+from ..utils.io import atomic_write_text
+from .registry import Exporter, converters_for, register_exporter, write_converted
 
 
 def eagle_readme(config: dict, base: str, draft_dir: Path, steps: int, topk: int, tokens: int) -> str:
@@ -40,12 +39,7 @@ python -m sglang.launch_server --model-path {base} \\
 
 def export_sglang(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int, topk: int,
                   tokens: int) -> Path:
-    EXPORTER.check(drafter)
-    converter = converter_for("sglang", drafter)
-    config, weights = converter.convert(drafter, dtype, base, steps)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    atomic_write_json(out / "config.json", config)
+    converter, config = write_converted("sglang", drafter, out, dtype, base, steps)
     atomic_write_text(out / "README.md", (converter.readme or eagle_readme)(config, base, out, steps, topk, tokens))
     return out
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 
-from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
-from .registry import Exporter, converter_for, register_exporter
+from ..utils.io import atomic_write_text
+from .registry import Exporter, register_exporter, write_converted
 
 
 def speculative_config(config: dict, out: Path, steps: int) -> dict:
@@ -27,11 +26,7 @@ def speculative_config(config: dict, out: Path, steps: int) -> dict:
 
 
 def export_vllm(drafter, out: Path, dtype: Optional[torch.dtype], base: str, steps: int) -> Path:
-    EXPORTER.check(drafter)
-    config, weights = converter_for("vllm", drafter).convert(drafter, dtype, base, steps)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    atomic_write_json(out / "config.json", config)
+    _, config = write_converted("vllm", drafter, out, dtype, base, steps)
     spec = speculative_config(config, out, steps)
     atomic_write_text(out / "README.md", f"""# Draft model for vLLM ({spec['method']})
 

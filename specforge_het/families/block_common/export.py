@@ -44,8 +44,7 @@ def block_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, heads: tuple
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ConfigError("vLLM's DFlash layers take no attention / MLP bias; this draft has one")
     weights = block_weights(drafter, dtype, "vLLM", vocab_parts=True, heads=heads)
-    layer_cfg = vllm_layer_config(cfg)
-    layer_cfg["vocab_size"] = drafter.base_vocab_size
+    layer_cfg = vllm_layer_config(drafter)
     config = {
         "speculators_model_type": "dflash",
         "architectures": ["DFlashSpeculator"],

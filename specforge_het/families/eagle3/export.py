@@ -62,8 +62,7 @@ def eagle3_to_vllm(drafter, dtype: Optional[torch.dtype], base: str, steps: int)
         raise ConfigError("an EAGLE-3 draft of another width than the base needs its own lm_head for vLLM")
     # Without lm_head.weight vLLM shares the target's (the proposer's _maybe_share_lm_head), as our shared head does.
     vocab = drafter.draft_vocab_size or drafter.base_vocab_size
-    layer_cfg = vllm_layer_config(cfg)
-    layer_cfg["vocab_size"] = drafter.base_vocab_size
+    layer_cfg = vllm_layer_config(drafter)
     config = {
         "speculators_model_type": "eagle3",
         "architectures": ["Eagle3Speculator"],
