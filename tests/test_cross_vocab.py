@@ -96,8 +96,6 @@ def test_greedy_decoding_with_it_is_the_base_s_greedy_output(trained, shape):
 def test_its_drafts_lie_in_the_intersection_and_training_raises_simulated_tau(trained):
     """q puts no mass on base tokens the draft cannot name (so rejection sampling against the base stays exact),
     and distillation raises the simulated τ over the untrained draft on held-out text."""
-    from specforge_het.data.conversations import prompt_ids  # noqa: F401  (the same tokenisation as training)
-
     taus = {}
     for steps, cfg in trained.items():
         base, drafter, prompts = _decode_setup(cfg)
