@@ -45,6 +45,8 @@ def test_classify_tells_a_tie_from_a_wrong_token():
     assert tie.near_tie and tie.position == 5 and all(m == 0 for m in tie.margins.values())
     wrong = divergence.classify(base, prefix + [worst], want, 3, [1, 2, 4])
     assert not wrong.near_tie and min(wrong.margins.values()) > 100 * max(wrong.bounds.values())
+    # fp32 stays strict: the shapes agree to ~1e-6, so the bound is the ulp one, not a noise-widened one
+    assert wrong.noise < 1e-4 and all(b >= 2 * wrong.noise for b in wrong.bounds.values())
     assert divergence.classify(base, want, want, 3, [1]) is None
     assert divergence.verdict([None, tie]) == ("1 near-tie", True)
     assert divergence.verdict([tie, wrong])[1] is False
@@ -105,6 +107,21 @@ def test_bf16_divergences_are_classified_near_ties(tmp_path, twin_base, tiny_con
         assert row["verdict"] == "identical" or row["verdict"].endswith(("near-tie", "near-ties"))
         for d in row["divergences"]:
             assert d["near_tie"] and all(d["margins"][k] <= d["bounds"][k] for k in d["margins"])
+
+
+def test_inference_dtype_decodes_an_fp32_base_in_bf16(tmp_path, twin_base, tiny_conversations):
+    """inference.dtype bfloat16 over a base configured (and dumped, trained) in fp32: base and drafter decode in
+    bf16, the report says so, and every divergence is a near-tie. `auto` resolves to one of the two by a probe."""
+    from specforge_het.inference.measure import decode_base_section
+
+    cfg = _cfg(tmp_path, twin_base, tiny_conversations, "float32", inference__dtype="bfloat16")
+    report = inference.run(cfg, [])
+    assert report["base_dtype"] == "bfloat16" and report["lossless"] is True
+    assert all(r["mismatches"] == 0 for r in report["strategies"])
+    cfg.inference.dtype = "auto"
+    assert decode_base_section(cfg).dtype in ("float32", "bfloat16")
+    cfg.inference.dtype = None
+    assert decode_base_section(cfg).dtype == "float32"
 
 
 def test_a_broken_verifier_fails_the_check(tmp_path, tiny_base, tiny_conversations, monkeypatch, capsys):

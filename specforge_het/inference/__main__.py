@@ -74,7 +74,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         if check else None
     spec_refs = [b.tokens for b in base_runs] if base.head_dtype is not None else references
     report = {"base": cfg.base.model_name_or_path, "drafter": speculate.name(inf.drafter_path),
-              "max_new_tokens": inf.max_new_tokens, "base_dtype": cfg.base.dtype,
+              "max_new_tokens": inf.max_new_tokens, "base_dtype": str(base.dtype).removeprefix("torch."),
               "verify_precision": inf.verify_precision,
               "prompts": len(prompts), "batch_size": inf.batch_size, "temperature": inf.temperature,
               "top_p": inf.top_p, "base_peak_memory_mib": base_mem.mib, "memory_kind": base_mem.kind,

@@ -145,7 +145,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     spec_dec(strategy_params(cfg, strategies[0]))(warm)
     report = {"provenance": provenance("inference.benchmark"), "base": cfg.base.model_name_or_path,
               "drafter": speculate.name(inf.drafter_path),
-              "max_new_tokens": inf.max_new_tokens,
+              "max_new_tokens": inf.max_new_tokens, "dtype": str(base.dtype).removeprefix("torch."),
               "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
               "max_samples": b.max_samples, "rows": []}
     lossless = True
@@ -162,7 +162,8 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
             lossless &= check is None or check["passed"]
             row = summarise(s, params, flat, base_flat, check["identical"] if check else -1, mem)
             if check:
-                row.update({k: check[k] for k in ("near_ties", "mismatches", "verdict", "after_divergence")})
+                keys = ("near_ties", "mismatches", "verdict", "after_divergence", "divergences")
+                row.update({k: check[k] for k in keys})
             row.update(task=task.name, label=f"{task.name}/{s}", questions=len(task.turns), turns=len(flat),
                        base_peak_memory_mib=base_mem.mib)
             report["rows"].append(row)
@@ -197,6 +198,7 @@ def compare_turns(base, runs: list, base_runs: list, params: dict, ulps: float) 
 
 def summary_table(report: dict) -> str:
     mode = "greedy" if not report["temperature"] else f"T={report['temperature']}, top-p {report['top_p']}"
+    mode += f", {report['dtype']}" if report.get("dtype") else ""
     lines = [f"Base {report['base']}, drafter {report['drafter']}; {mode}, batch {report['batch_size']}, "
              f"≤ {report['max_new_tokens']} new tokens per turn, ≤ {report['max_samples']} questions per file.", "",
              "| task | strategy | depth | top_k | nodes | τ | tok/s | base tok/s | speedup | iter/base step "

@@ -20,7 +20,7 @@ import torch
 
 from ..modeling.masks import padded_causal_mask
 from .accept import Sampling, sampling_probs, take
-from .kv_cache import full_cache, gather_cache, select_rows
+from .kv_cache import commit_paths, full_cache, select_rows
 from .proposers import build_proposer
 from .slot_cache import SlotCache, kept_valid, slot_capacity, started
 from .tree import ancestor_matrix, tree_attention_mask
@@ -240,8 +240,7 @@ def decode_batch(base, proposer, prompts: list[list[int]], max_new_tokens: int |
         else:  # the growing cache grows by the longest accepted path only
             paths = paths[:, : int(lens.max())]
             base_len, width = base_valid.shape[1], paths.shape[1]
-            gather_cache(base_cache, torch.cat([torch.arange(base_len, device=dev).expand(len(lens), -1),
-                                                base_len + paths], 1))
+            commit_paths(base_cache, base_len, paths)
             base_valid = torch.cat([base_valid, torch.arange(width, device=dev)[None] < lens[:, None]], 1)
         # Row b's next tokens along its path: the accepted children, then the bonus token.
         nxt = tree.tokens.gather(1, torch.cat([paths[:, 1:], paths[:, -1:]], 1))

@@ -18,12 +18,17 @@ def full_cache(base=None, length: int = 0) -> DynamicCache:
     return DynamicCache()
 
 
-def gather_cache(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep, per sequence, the cache slots keep [B, M] (in that order) in every layer of a DynamicCache."""
+def commit_paths(cache: DynamicCache, length: int, paths: torch.Tensor) -> None:
+    """Keep the committed `length` slots and, after them, per sequence, the tree slots length + paths [B, W] in
+    that order; drop the rest. Only the tree's region is copied (in place, over its own first W slots): the
+    committed prefix, most of the cache, is not moved."""
+    width = paths.shape[1]
     for layer in cache.layers:
-        idx = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        layer.keys = layer.keys.gather(2, idx)
-        layer.values = layer.values.gather(2, idx)
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            idx = paths[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1])
+            t[..., length: length + width, :] = t[..., length:, :].gather(2, idx)
+            setattr(layer, name, t[..., : length + width, :])
 
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:

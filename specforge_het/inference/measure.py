@@ -3,6 +3,7 @@ list, the per-strategy summary row (τ, tokens/s, speedup, iteration ÷ base ste
 the printed table and the acceptance histogram PNG."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 from collections import Counter
@@ -15,6 +16,7 @@ from ..config.schema import RunConfig
 from ..config.errors import ConfigError
 from ..modeling.base import load_base
 from ..utils.extras import have, missing_message
+from ..utils.precision import resolve_auto_dtype
 from .engine import DecodeResult, Sampling
 from .strategies import resolve_strategies
 
@@ -42,7 +44,7 @@ def load_pair(cfg: RunConfig):
         check_compilable(list(cfg.plugins.enabled or []), inf.verify_precision)
     if inf.static_cache:  # the fp32 head works over it: only plugins are refused
         check_compilable(list(cfg.plugins.enabled or []), "model", "inference.static_cache")
-    base = load_base(cfg.base)
+    base = load_base(decode_base_section(cfg))
     base.static_cache = inf.static_cache
     if inf.verify_precision == "float32":
         base.head_dtype = torch.float32
@@ -52,6 +54,12 @@ def load_pair(cfg: RunConfig):
 
         compile_for_decoding(base, speculator.drafter)
     return base, speculator, sampling
+
+
+def decode_base_section(cfg: RunConfig):
+    """The base section with inference.dtype applied (auto: bf16 where a probe shows it pays here)."""
+    dtype = resolve_auto_dtype(cfg.inference.dtype, cfg.base.dtype, 1024, 4096, "inference: bf16 base")
+    return dataclasses.replace(cfg.base, dtype=dtype)
 
 
 def decode_batches(decode, prompts: list[list[int]], batch_size: int, desc: str) -> list[DecodeResult]:
