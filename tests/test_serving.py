@@ -248,6 +248,7 @@ def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):
         assert "error" not in report, f"{name}: {report.get('error')}\n{report.get('traceback')}"
         assert report["problems"] == [] and report["checked"] >= 5, (name, report)
         assert report["checked"] + len(report["from_target"]) >= report["parameters"], (name, report)  # + d2t
+        assert report.get("shares_tied_target") in ("set_embed", "set_embed_and_head"), (name, report)
         # ... and the export holds the drafter's own weights (SGLang's layout ← our names, checked on our side).
         exported = load_file(str(drafters[name] / "sglang" / "model.safetensors"))
         ours = {k: v for k, v in load_drafter(drafters[name]).state_dict().items() if "rotary_emb" not in k}
@@ -270,6 +271,22 @@ def test_sglang_check_catches_a_misnamed_key(served, drafters, tmp_path):
     save_file(weights, str(bad / "model.safetensors"))
     report = check_with_sglang([bad], work / "base")[0]
     assert any("qkv_proj" in p for p in report["problems"]), report
+
+
+def test_sglang_check_catches_a_draft_that_ties_its_own_head(served, drafters, tmp_path):
+    """A tied target (SmolLM2's layout) hands one tensor as embedding and head; an EAGLE-1/2 draft whose config
+    ties its own head makes SGLang's set_embed_and_head fail (AttributeError) — which is why the export unties it."""
+    import json
+    import shutil
+
+    work, _ = served
+    bad = tmp_path / "tied"
+    shutil.copytree(drafters["eagle2"] / "sglang", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False
+    (bad / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    report = check_with_sglang([bad], work / "base")[0]
+    assert any("set_embed_and_head" in p and "AttributeError" in p for p in report["problems"]), report
 
 
 def test_engines_that_cannot_capture_a_layer_are_refused(served, drafters, tmp_path):

@@ -147,6 +147,26 @@ def load_and_compare(model, weights: dict, arch: str, engine: str, shared: tuple
     return report
 
 
+def share_tied_target(model, arch: str, report: dict) -> None:
+    """What SGLang's EAGLE worker (eagle_worker_v2) does after loading: hand the target's embedding — and, except
+    for an EAGLE-3 draft with its own head, its lm_head — to the draft. The target here ties them (one tensor, as
+    SmolLM2 does): a draft config that ties its own embedding and head fails in set_embed_and_head."""
+    import torch
+
+    embed = dict(model.named_parameters()).get("model.embed_tokens.weight")
+    if embed is None:
+        return
+    tied = torch.nn.Parameter(torch.randn(embed.shape, dtype=embed.dtype), requires_grad=False)
+    own_head = "Eagle3" in arch and not getattr(model, "load_lm_head_from_target", False)
+    call = "set_embed" if own_head else "set_embed_and_head"
+    try:
+        model.set_embed(tied) if own_head else model.set_embed_and_head(tied, tied)
+    except Exception as e:
+        report["problems"].append(f"{call} with a tied target's embedding and head: {type(e).__name__}: {e}")
+        return
+    report["shares_tied_target"] = call
+
+
 def check(export_dir: str) -> dict:
     import torch
     from safetensors.torch import load_file
@@ -160,6 +180,7 @@ def check(export_dir: str) -> dict:
     model = draft_class(arch)(config)
     weights = load_file(f"{export_dir}/model.safetensors")
     report = load_and_compare(model, weights, arch, "SGLang", shared=("embed_tokens", "lm_head"))
+    share_tied_target(model, arch, report)
     if "d2t" in weights:  # SGLang keeps the draft → target map as hot_token_id = arange + d2t
         hot = getattr(model, "hot_token_id", None)
         mapped = torch.arange(weights["d2t"].numel()) + weights["d2t"]
