@@ -115,3 +115,49 @@ def test_its_drafts_lie_in_the_intersection_and_training_raises_simulated_tau(tr
                                        Sampling(temperature=1.0, seed=0))
         assert all(r.new_tokens > 0 for r in out)
     assert taus[60] > taus[0]
+
+
+def test_string_level_drafting_is_lossless(trained):
+    """inference.proposer string: the draft LM continues its own tokenization of the text, the base's tokenizer
+    re-encodes what it wrote — greedy output token-identical to the base's, sampled decoding exact (point-mass
+    drafts); trees are refused in one line."""
+    from specforge_het.config.errors import ConfigError
+
+    base, drafter, prompts = _decode_setup(trained[60])
+    drafter.use_string_drafting(base.tokenizer)
+    eos = {base.tokenizer.eos_token_id}
+    want = [r.tokens for r in base_decode_batch(base, prompts, 24, eos)]
+    got = speculative_decode_batch(base, drafter, prompts, 24, eos, 4, 1, 4)
+    assert [r.tokens for r in got] == want
+    assert sum(sum(r.accepted) for r in got) > 0
+    out = speculative_decode_batch(base, drafter, prompts[:2], 16, eos, 3, 1, 3, Sampling(temperature=1.0, seed=0))
+    assert all(r.new_tokens > 0 for r in out)
+    with pytest.raises(ConfigError, match="string-level drafting proposes chains"):
+        speculative_decode_batch(base, drafter, prompts[:1], 8, eos, 3, 3, 8)
+
+
+def test_sequence_level_distillation_trains_the_draft_on_its_own_tokenization(tmp_path, tiny_base, tiny_conversations,
+                                                                               other_lm):
+    """algorithm.sequence_weight > 0 adds CE on the base's text re-encoded by the draft's tokenizer: every trained
+    span keeps its text (re-encoded span by span), and that CE falls while training."""
+    from transformers import AutoTokenizer
+
+    from specforge_het.families.classic.train import retokenized
+
+    base_tok, draft_tok = AutoTokenizer.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(other_lm)
+    rows = [base_tok(t)["input_ids"] for t in ("def add(a, b):\n    return a + b", "x = [i * i for i in range(9)]")]
+    width = max(map(len, rows))
+    batch = {"input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+             "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+             "loss_mask": torch.tensor([[0] * 3 + [1] * (len(r) - 3) + [0] * (width - len(r)) for r in rows])}
+    ids, mask = retokenized(batch, base_tok, draft_tok)
+    for j, r in enumerate(rows):
+        kept = [t for t, m in zip(ids[j].tolist(), mask[j].tolist()) if m]
+        assert draft_tok.decode(kept) == base_tok.decode(r[3:])
+    cfg = make_cfg(tmp_path, tiny_base, tiny_conversations, algorithm__name="classic_draft",
+                   modeling__draft_model_path=other_lm, data__mode="online", training__max_steps=40,
+                   training__learning_rate=3e-3, training__per_device_train_batch_size=8, training__logging_steps=10,
+                   training__save_steps=1000, algorithm__sequence_weight=1.0)
+    train.run(cfg, [])
+    log = [h for h in json.loads((Path(cfg.training.output_dir) / "train_log.json").read_text()) if "seq_ce" in h]
+    assert log and log[-1]["seq_ce"] < log[0]["seq_ce"]

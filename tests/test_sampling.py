@@ -198,3 +198,40 @@ def test_tree_siblings_sampled_without_replacement_accept_what_theory_allows(sma
     sigma = (theory * (1 - theory) / n) ** 0.5
     assert abs(rate - theory) <= 4.5 * sigma + 1e-9, f"acceptance {rate:.4f} vs theory {theory:.4f}"
     assert theory > float(torch.minimum(p, q).sum()) + 10 * sigma  # the second sibling adds acceptance
+
+
+@pytest.mark.parametrize("strategy", ["chain", "tree"])
+def test_a_drafter_with_another_tokenizer_samples_the_base_distribution(small_vocab_pair, strategy):
+    """Cross-tokenizer sampling (TLI): a draft LM over its own 10 ids, 7 of them the same strings as base ids 2..8,
+    3 of them none of the base's (their q mass is dropped, and base tokens 0, 1, 9..11 are never drafted). Exact
+    rejection sampling against the base still reproduces the base's joint distribution (TV within noise)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from specforge_het.families.classic.cross_vocab import CrossVocabDrafter
+
+    base, _ = small_vocab_pair
+    torch.manual_seed(2)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(20.0)
+    draft_to_target = torch.tensor([2, 3, 4, 5, 6, 7, 8, -1, -1, -1])
+    target_to_draft = torch.full((VOCAB,), -1)
+    target_to_draft[2:9] = torch.arange(7)
+    drafter = CrossVocabDrafter(lm.config, 32, VOCAB, lm=lm).set_vocab_map(
+        {"target_to_draft": target_to_draft, "draft_to_target": draft_to_target, "draft_unk": torch.tensor(9)})
+    drafter = drafter.attach_base(base.embed_tokens, base.lm_head).eval()
+    params = dict(depth=3, top_k=1, total_tokens=3) if strategy == "chain" else dict(depth=3, top_k=3, total_tokens=8)
+    sampling = Sampling(1.0, 1.0)
+    exact = exact_joint(base, sampling)
+    n = 1500
+    spec = draw_batched(
+        lambda ps, s: speculative_decode_batch(base, drafter, ps, N_TOKENS, set(), **params, sampling=s), n, sampling)
+    gen = torch.Generator().manual_seed(7)
+    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
+                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
+    assert tv(empirical(spec), exact) <= max(noise) * 1.25
+    runs = [speculative_decode(base, drafter, PROMPT, 12, set(), **params, sampling=Sampling(1.0, 1.0, seed=s))
+            for s in range(20)]
+    accepted = [a for r in runs for a in r.accepted]
+    assert 0 < sum(accepted) and min(accepted) == 0  # drafts were both accepted and rejected

@@ -34,7 +34,21 @@ def build_speculator(cfg: RunConfig, base) -> Speculator:
     providers = [n for n in enabled if PLUGINS.get(n).provides_drafter]
     if len(providers) > 1:
         raise ConfigError(f"plugins.enabled: {' and '.join(providers)} both choose the drafter; enable one of them")
-    spec = None if providers else Speculator(base, load_drafter_for(base, cfg.inference.drafter_path))
+    spec = None if providers else Speculator(base, with_proposer(load_drafter_for(base, cfg.inference.drafter_path),
+                                                                 cfg.inference.proposer, base))
     for name in enabled:
         spec = PLUGINS.get(name).apply(spec, cfg, base, enabled)
     return spec
+
+
+def with_proposer(drafter, name, base):
+    """The drafter drafting with inference.proposer (None: its own). A proposer may prepare the drafter for itself
+    (`prepare(drafter, base)`, e.g. string-level drafting loads both tokenizers) or refuse it in one line."""
+    if not name:
+        return drafter
+    from ..inference.proposers import PROPOSERS
+
+    cls = PROPOSERS.get(name, where="inference.proposer")
+    drafter = cls.prepare(drafter, base) if hasattr(cls, "prepare") else drafter
+    drafter.PROPOSER = name
+    return drafter

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ...config.errors import ConfigError
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import base_meta
 from .model import ClassicDrafter, load_draft_lm
@@ -47,9 +48,27 @@ class CrossVocabDrafter(ClassicDrafter):
         return torch.where(ids < 0, self.tli_draft_unk, ids)
 
     def intersection(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(draft ids, their base ids) of the shared token strings, in draft-id order."""
-        draft_ids = (self.tli_draft_to_target >= 0).nonzero()[:, 0]
-        return draft_ids, self.tli_draft_to_target[draft_ids]
+        """(draft ids, their base ids) of the shared token strings, in draft-id order. Computed once per state of
+        the map (a nonzero() each draft step would sync and allocate); a load, copy or move of the buffer renews it."""
+        m = self.tli_draft_to_target
+        key = (m.data_ptr(), m._version, m.device)
+        if getattr(self, "_intersection_key", None) != key:
+            draft_ids = (m >= 0).nonzero()[:, 0]
+            self._intersection, self._intersection_key = (draft_ids, m[draft_ids]), key
+        return self._intersection
+
+    def use_string_drafting(self, base_tokenizer) -> "CrossVocabDrafter":
+        """Draft through text instead of the intersection (string_proposer.py): needs the base's tokenizer and
+        the draft's own (read from modeling.draft_model_path, where it was trained from)."""
+        from transformers import AutoTokenizer
+
+        path = self.meta.get("draft_model_path")
+        if not path:
+            raise ConfigError("inference.proposer string: the drafter's checkpoint does not name its draft LM "
+                              "(meta draft_model_path), whose tokenizer drafting needs")
+        self.string_tokenizers = (base_tokenizer, AutoTokenizer.from_pretrained(path))
+        self.PROPOSER = "string"
+        return self
 
     def forward(self, hidden, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return super().forward(hidden, self.to_draft(input_ids), *args, **kwargs)
@@ -81,4 +100,5 @@ def build_cross_vocab_drafter(base, modeling, draft_tokenizer, meta: dict) -> Cr
     log.info(f"classic_draft: the draft LM has its own tokenizer; {overlap_line(vocab_map)}")
     meta = base_meta(base, {**meta, "vocab_intersection": n})
     drafter = CrossVocabDrafter(lm.config, base.hidden_size, base.vocab_size, meta=meta, lm=lm).set_vocab_map(vocab_map)
+    drafter.string_tokenizers = (base.tokenizer, draft_tokenizer)  # sequence-level distillation re-encodes text
     return drafter.to(base.device).attach_base(base.embed_tokens, base.lm_head)

@@ -25,15 +25,20 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
     ids, last = batch["input_ids"], batch["hidden"]
     logits = drafter.token_logits(ids[:, :-1], packed(batch)).float()
     m = target_mask(batch, 1, ids.shape[1] - 1).float()
-    ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none"), m)
     with torch.no_grad():
         base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
-    kd = masked_mean(distribution_loss(alg.loss)(base_logits, logits), m)
-    a = alg.distill_alpha
-    loss = (1 - a) * ce + a * kd
+    return distil(logits, base_logits, ids[:, 1:], m, m, alg)
+
+
+def distil(logits, base_logits, targets, ce_mask, kd_mask, alg) -> tuple[torch.Tensor, dict]:
+    """(1 − α) · CE(targets) + α · D(base ‖ draft), α = algorithm.distill_alpha, and the top-1 agreement with the
+    base, over the masked positions."""
+    ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"), ce_mask)
+    kd = masked_mean(distribution_loss(alg.loss)(base_logits, logits), kd_mask)
     with torch.no_grad():
-        acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), m)
-    return loss, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
+        acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), kd_mask)
+    a = alg.distill_alpha
+    return (1 - a) * ce + a * kd, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
 
 
 def cross_vocab_loss(drafter, batch: dict, alg) -> tuple[torch.Tensor, dict]:
@@ -52,12 +57,46 @@ def cross_vocab_loss(drafter, batch: dict, alg) -> tuple[torch.Tensor, dict]:
     nxt = slot[ids[:, 1:]]
     m = target_mask(batch, 1, ids.shape[1] - 1).float()
     shared = m * (nxt >= 0).float()
-    ce = masked_mean(F.cross_entropy(logits.transpose(1, 2), nxt.clamp_min(0), reduction="none"), shared)
-    kd = masked_mean(distribution_loss(alg.loss)(base_logits, logits), m)
-    a = alg.distill_alpha
-    with torch.no_grad():
-        acc = masked_mean((logits.argmax(-1) == base_logits.argmax(-1)).float(), m)
-    return (1 - a) * ce + a * kd, {"ce": ce.detach(), "kd": kd.detach(), "acc": acc}
+    loss, stats = distil(logits, base_logits, nxt.clamp_min(0), shared, m, alg)
+    if alg.sequence_weight > 0:
+        seq = sequence_level_ce(drafter, batch)
+        loss, stats["seq_ce"] = loss + alg.sequence_weight * seq, seq.detach()
+    return loss, stats
+
+
+def sequence_level_ce(drafter, batch: dict) -> torch.Tensor:
+    """Sequence-level distillation: CE of the draft LM on the batch's (base-written) text in the draft's own
+    tokenization, on the trained (assistant) spans — what the draft reads when it drafts text (string_proposer.py)."""
+    if packed(batch) is not None:
+        raise ConfigError("algorithm.sequence_weight: sequence-level distillation re-encodes whole rows; set "
+                          "data.packing false")
+    ids, mask = retokenized(batch, *drafter.string_tokenizers)
+    ids, mask = ids.to(batch["input_ids"].device), mask.to(batch["input_ids"].device)
+    states = drafter.lm.model(input_ids=ids[:, :-1], use_cache=False).last_hidden_state
+    logits = drafter.draft_logits(states).float()
+    return masked_mean(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none"), mask[:, 1:])
+
+
+def retokenized(batch: dict, base_tok, draft_tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real tokens as text, re-encoded by the draft's tokenizer: every run of equal loss mask is decoded
+    and re-encoded on its own, so trained (assistant) spans stay trained. → right-padded ids [B, T'] and mask."""
+    rows = []
+    for ids, trained, real in zip(batch["input_ids"].tolist(), batch["loss_mask"].tolist(),
+                                  batch["attention_mask"].tolist()):
+        n, start, out, out_mask = sum(real), 0, [], []
+        for i in range(1, n + 1):
+            if i == n or (trained[i] > 0) != (trained[start] > 0):
+                piece = draft_tok.encode(base_tok.decode(ids[start:i]), add_special_tokens=False)
+                out += piece
+                out_mask += [float(trained[start] > 0)] * len(piece)
+                start = i
+        rows.append((out, out_mask))
+    width = max(2, max(len(r) for r, _ in rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width)
+    for j, (r, m) in enumerate(rows):
+        ids[j, : len(r)], mask[j, : len(m)] = torch.tensor(r, dtype=torch.long), torch.tensor(m)
+    return ids, mask
 
 
 def build(base, modeling, feature_layers, meta, draft_vocab):
