@@ -13,7 +13,7 @@ from pathlib import Path
 from .cli import STAGES, bench_names, summary_of
 from .config.presets import available_presets, preset_descriptions
 from .config.ranges import RANGES
-from .config.schema import SECTIONS, RunConfig, _field_types, type_name
+from .config.schema import SECTIONS, RunConfig, field_types, type_name
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
 
@@ -42,7 +42,7 @@ def render() -> str:
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         lines += ["", f"## [{section}]", "", doc, "", "| key | type | default |", "|---|---|---|"]
-        for key, tp in _field_types(cls).items():
+        for key, tp in field_types(cls).items():
             rng = RANGES.get(f"{section}.{key}")
             kind = type_name(tp) + (f", {str(rng).replace('x', key)}" if rng is not None else "")
             default = getattr(getattr(defaults, section), key)

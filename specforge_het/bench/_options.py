@@ -19,9 +19,9 @@ import sys
 import typing
 from typing import Optional, Sequence
 
-from ..config.cli import _parse_flags
+from ..config.cli import parse_flags
 from ..config.errors import ConfigError, closest
-from ..config.schema import _coerce, _field_types, type_name
+from ..config.schema import coerce, field_types, type_name
 from ..utils.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ SECTION = "bench"
 
 
 def help_text(cls, entry: str, doc: str) -> str:
-    types = _field_types(cls)
+    types = field_types(cls)
     lines = [f"usage: python -m specforge_het.{entry} [--{SECTION}.KEY VALUE ...]", "",
              (doc or "").strip(), "", f"[{SECTION}] keys:"]
     for f in dataclasses.fields(cls):
@@ -57,9 +57,9 @@ def parse_options(cls, argv: Optional[Sequence[str]], entry: str, doc: str):
 
 
 def read_options(cls, argv: Sequence[str], entry: str):
-    types = _field_types(cls)
+    types = field_types(cls)
     values = {}
-    for dotted, value in _parse_flags(argv).items():
+    for dotted, value in parse_flags(argv).items():
         section, _, key = dotted.partition(".")
         if section != SECTION or not key:
             raise ConfigError(f"unknown option --{dotted}; {entry} takes --{SECTION}.KEY (see --help)")
@@ -70,7 +70,7 @@ def read_options(cls, argv: Sequence[str], entry: str):
             value = ",".join(str(v) for v in value)  # fire reads `1,4` as a tuple: the benchmark splits commas
         elif text and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # fire reads `16` as a number: a comma list of one
-        values[key] = _coerce(value, types[key], f"--{SECTION}.{key}")
+        values[key] = coerce(value, types[key], f"--{SECTION}.{key}")
     return cls(**values)
 
 

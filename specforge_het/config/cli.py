@@ -24,7 +24,7 @@ from .schema import ConfigError, RunConfig, apply_mapping, describe_sections, se
 RESOLVED_CONFIG_NAME = "resolved_config.json"
 
 
-def _parse_flags(args: Sequence[str]) -> dict:
+def parse_flags(args: Sequence[str]) -> dict:
     """Let fire turn `--a.b VALUE` / `--a.b=VALUE` pairs into python literals (no eval: fire uses ast)."""
     captured: dict = {}
 
@@ -76,7 +76,7 @@ def resolve_config(argv: Sequence[str]) -> tuple[RunConfig, list[str]]:
     for name in presets:
         mapping, path = load_preset(name)
         apply_mapping(cfg, mapping, f"preset @{name} ({path})")
-    for key, value in _parse_flags(rest).items():
+    for key, value in parse_flags(rest).items():
         set_key(cfg, key, value, f"--{key}")
     return cfg, presets
 

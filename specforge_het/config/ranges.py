@@ -42,6 +42,7 @@ RANGES: dict[str, Range] = {
     "algorithm.num_anchors": AT_LEAST_1, "algorithm.confidence_weight": AT_LEAST_0,
     "algorithm.v_w": AT_LEAST_0, "algorithm.p_w": AT_LEAST_0, "algorithm.noise_std": AT_LEAST_0,
     "algorithm.ttt_length": AT_LEAST_1, "algorithm.ttt_decay": PROB, "algorithm.distill_alpha": UNIT,
+    "algorithm.sequence_weight": AT_LEAST_0,
     "data.max_length": Range(2), "data.max_samples": AT_LEAST_1, "data.shard_size": AT_LEAST_1,
     "data.batch_size": AT_LEAST_1, "data.regen_temperature": AT_LEAST_0, "data.regen_max_new_tokens": AT_LEAST_1,
     "training.learning_rate": POSITIVE, "training.num_train_epochs": POSITIVE, "training.max_steps": Range(-1),

@@ -48,6 +48,9 @@ class ModelingSection:
     draft_config_overrides: dict = field(default_factory=dict)
     # Start draft layer i as a copy of base block init_from_base_layer + i (same family and width); None = random.
     init_from_base_layer: Optional[int] = None
+    # Fine-tune: start every drafter weight (its draft vocabulary included) from this trained checkpoint of the same
+    # architecture and shapes, e.g. to continue a drafter on more data; None = a fresh drafter.
+    init_from_drafter: Optional[str] = None
     # EAGLE-3.1 (EAGLE-3 only): an RMSNorm per fused base feature before fc, and the post-norm output (instead of the
     # pre-norm one) fed to the next draft step — exported as the fc_norm / norm_output fields vLLM and SGLang read.
     fc_norm: bool = False
@@ -79,6 +82,9 @@ class AlgorithmSection:
     ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
     ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i; dflash: block position i+1's
     distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
+    # classic_draft with its own tokenizer: weight of sequence-level distillation (CE on the base's text re-encoded by
+    # the draft's tokenizer, what string-level drafting reads), added to the loss on the shared tokens.
+    sequence_weight: float = 0.0
     num_anchors: int = 64  # dflash, dspark: blocks trained per sequence (anchors drawn among assistant positions)
     confidence_weight: float = 0.1  # dspark: weight of the confidence head's loss (BCE to greedy acceptance)
     # how the drafter's distribution q is fitted to the base's p (algorithms/losses.py): forward_kl (soft CE, EAGLE's),
@@ -188,6 +194,13 @@ class InferenceSection:
     # float32: the final norm + lm_head of every decode and verify forward in fp32 over a bf16/fp16 base (fewer
     # rounding ties); model: as the base computes them.
     verify_precision: Literal["model", "float32"] = "model"
+    # Who drafts: None = the drafter's own proposer; any registered proposer name (`tree`, `block`, `markov_block`,
+    # `string`: a draft LM with its own tokenizer drafts text, re-encoded for the base — chains only).
+    proposer: Optional[str] = None
+    # The base's (and drafter's) dtype while decoding: None = base.dtype; auto = bfloat16 where a one-second probe shows
+    # bf16 matmuls faster here (AVX512-BF16 / AMX CPUs, GPUs), else float32. Greedy lossless then means: every
+    # divergence from base-only decoding in that dtype is a proven near-tie (inference/divergence.py).
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = None
     # torch.compile the base's decode/verify forward and the drafter's forward (inductor, dynamic shapes): the same
     # tokens, less per-call overhead; costs a compilation (about a minute on CPU) at start-up. Eager when false.
     compile: bool = False
@@ -196,7 +209,8 @@ class InferenceSection:
     # whole capacity every step, so eager CPU decoding is slower with it.
     static_cache: bool = False
     # Lossless check on a bf16/fp16 base: a divergence from the reference is a near-tie (passes) when the base's two
-    # tokens are within this many ulps of its dtype in every shape (inference/divergence.py); else it fails.
+    # tokens are within this many ulps of its dtype, or within twice the base's own shape-to-shape logit noise at that
+    # position, in every shape (inference/divergence.py); else it fails.
     near_tie_ulps: float = 2.0
 
 
@@ -364,18 +378,18 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _field_types(section_cls: type) -> dict[str, Any]:
+def field_types(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against annotation `tp`; convert only where it is lossless and unambiguous."""
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        return coerce(value, args[0], where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices and not isinstance(value, bool):
@@ -409,7 +423,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is list or origin is list:
         if isinstance(value, (list, tuple)):
             item = typing.get_args(tp)
-            return [_coerce(v, item[0], f"{where}, item {i}") for i, v in enumerate(value)] if item else list(value)
+            return [coerce(v, item[0], f"{where}, item {i}") for i, v in enumerate(value)] if item else list(value)
     else:
         return value
     tname = getattr(tp, "__name__", str(tp))
@@ -423,12 +437,12 @@ def set_key(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     section, key = dotted.split(".", 1)
     if section not in SECTIONS:
         raise ConfigError(f"{source}: unknown config section '{section}'; {closest(section, SECTIONS)}")
-    types = _field_types(SECTIONS[section])
+    types = field_types(SECTIONS[section])
     if key not in types:
         raise ConfigError(f"{source}: unknown config key '{section}.{key}'; "
                           f"{closest(key, types)} (keys of [{section}]: {', '.join(types)})")
     where = f"{section}.{key} (from {source})"
-    value = _coerce(value, types[key], where)
+    value = coerce(value, types[key], where)
     check_value(dotted, value, where)
     setattr(getattr(cfg, section), key, value)
 
@@ -467,7 +481,7 @@ def describe_sections() -> str:
     for name, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"  [{name}]  {doc}")
-        for key, tp in _field_types(cls).items():
+        for key, tp in field_types(cls).items():
             rng = RANGES.get(f"{name}.{key}")
             bounds = f", {str(rng).replace('x', key)}" if rng is not None else ""
             default = getattr(getattr(defaults, name), key)
