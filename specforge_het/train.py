@@ -31,7 +31,7 @@ from .data.self_distill import training_conversations
 from .data.shards import HiddenStateDataset, collate
 from .modeling.base import FrozenBase, load_base
 from .evaluation import evaluate_drafter, write_eval_report
-from .modeling.checkpoint import load_checked_state, read_drafter_config
+from .modeling.checkpoint import load_checked_state, read_drafter_config, warm_start
 from .modeling.safetensors_io import read_safetensors
 from .modeling.drafter_base import DrafterBase
 from .modeling.lora import add_lora, has_adapters, init_from_base_layers, resume_state
@@ -240,6 +240,7 @@ def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> Dra
     drafter = get_algorithm(cfg.algorithm.name).build(base, m, feature_layers, meta, draft_vocab)
     if m.init_from_drafter:
         warm_start(drafter, Path(m.init_from_drafter))
+        log.info(f"train: every drafter weight starts from {m.init_from_drafter}")
     if m.lora_rank and m.init_from_base_layer is None:
         raise ConfigError("modeling.lora_rank needs modeling.init_from_base_layer (adapters over a random layer "
                           "would leave most of it untrained)")
@@ -255,18 +256,6 @@ def make_drafter(cfg: RunConfig, base, dataset=None, feature_layers=None) -> Dra
         log.info(f"train: LoRA rank {m.lora_rank} on {', '.join(m.lora_targets)}; {trainable:,} trainable of "
               f"{sum(p.numel() for p in drafter.parameters()):,} drafter parameters")
     return drafter
-
-
-def warm_start(drafter: DrafterBase, path: Path) -> None:
-    """Load a trained checkpoint's weights (and draft vocabulary) into the freshly built `drafter`: same
-    architecture, same keys and shapes, or one line saying which differs."""
-    arch = read_drafter_config(path).get("architecture", "eagle_drafter")
-    if arch != drafter.ARCHITECTURE:
-        raise ConfigError(f"modeling.init_from_drafter: {path} holds a {arch} drafter; this run trains a "
-                          f"{drafter.ARCHITECTURE}")
-    load_checked_state(drafter, read_safetensors(path / "model.safetensors"), f"modeling.init_from_drafter: {path}")
-    drafter.meta["init_from_drafter"] = str(path)
-    log.info(f"train: every drafter weight starts from {path}")
 
 
 def feature_layers_for(cfg: RunConfig, base: FrozenBase):

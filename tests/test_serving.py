@@ -248,7 +248,8 @@ def test_sglang_loads_every_export_parameter_for_parameter(served, drafters):
         assert "error" not in report, f"{name}: {report.get('error')}\n{report.get('traceback')}"
         assert report["problems"] == [] and report["checked"] >= 5, (name, report)
         assert report["checked"] + len(report["from_target"]) >= report["parameters"], (name, report)  # + d2t
-        assert report.get("shares_tied_target") in ("set_embed", "set_embed_and_head"), (name, report)
+        shared = ("set_embed", "set_embed_and_head") if name.startswith("eagle") else ("none",)
+        assert report.get("shares_tied_target") in shared, (name, report)
         # ... and the export holds the drafter's own weights (SGLang's layout ← our names, checked on our side).
         exported = load_file(str(drafters[name] / "sglang" / "model.safetensors"))
         ours = {k: v for k, v in load_drafter(drafters[name]).state_dict().items() if "rotary_emb" not in k}

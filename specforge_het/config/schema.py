@@ -251,6 +251,9 @@ class BenchmarkSection:
     exclude_training: bool = False
     output_dir: str = "output/demo/benchmark"
     sampling_temperature: float = 1.0  # bench.serving: the temperature of its sampled rows (beside greedy)
+    # bench.serving: the dtype vLLM serves in. bfloat16 is faster on AMX / AVX512-BF16 CPUs; our reference decoder
+    # stays in base.dtype, so per-position parity is checked in float32 only (bf16 rounds differently).
+    serving_dtype: Literal["float32", "bfloat16"] = "float32"
     # bench.serving: drafters exported to and served by the real engines (demo/serving_variants.sh trains them)
     serving_drafters: list[str] = field(default_factory=lambda: [
         "output/demo/drafter", "output/demo/variants/eagle3", "output/demo/variants/eagle3_reduced_vocab",

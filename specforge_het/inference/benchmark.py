@@ -145,6 +145,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
     spec_dec(strategy_params(cfg, strategies[0]))(warm)
     report = {"provenance": provenance("inference.benchmark"), "base": cfg.base.model_name_or_path,
               "drafter": speculate.name(inf.drafter_path),
+              "proposer": getattr(speculate.drafter, "PROPOSER", "tree") if speculate.drafter is not None else None,
               "max_new_tokens": inf.max_new_tokens, "dtype": str(base.dtype).removeprefix("torch."),
               "batch_size": inf.batch_size, "temperature": inf.temperature, "top_p": inf.top_p,
               "max_samples": b.max_samples, "rows": []}
@@ -199,6 +200,7 @@ def compare_turns(base, runs: list, base_runs: list, params: dict, ulps: float) 
 def summary_table(report: dict) -> str:
     mode = "greedy" if not report["temperature"] else f"T={report['temperature']}, top-p {report['top_p']}"
     mode += f", {report['dtype']}" if report.get("dtype") else ""
+    mode += f", proposer {report['proposer']}" if report.get("proposer") not in (None, "tree") else ""
     lines = [f"Base {report['base']}, drafter {report['drafter']}; {mode}, batch {report['batch_size']}, "
              f"≤ {report['max_new_tokens']} new tokens per turn, ≤ {report['max_samples']} questions per file.", "",
              "| task | strategy | depth | top_k | nodes | τ | tok/s | base tok/s | speedup | iter/base step "

@@ -145,3 +145,14 @@ def load_checked_state(model, state: dict, where):
         return model
     model.load_state_dict(state, strict=False)
     return model
+
+
+def warm_start(drafter, path: Path) -> None:
+    """Load a trained checkpoint's weights (and draft vocabulary) into the freshly built `drafter`: same
+    architecture, same keys and shapes, or one line saying which differs."""
+    arch = read_drafter_config(path).get("architecture", "eagle_drafter")
+    if arch != drafter.ARCHITECTURE:
+        raise ConfigError(f"modeling.init_from_drafter: {path} holds a {arch} drafter; this run trains a "
+                          f"{drafter.ARCHITECTURE}")
+    load_checked_state(drafter, read_safetensors(path / WEIGHTS_NAME), f"modeling.init_from_drafter: {path}")
+    drafter.meta["init_from_drafter"] = str(path)

@@ -154,7 +154,8 @@ def share_tied_target(model, arch: str, report: dict) -> None:
     import torch
 
     embed = dict(model.named_parameters()).get("model.embed_tokens.weight")
-    if embed is None:
+    if embed is None:  # block drafters (DFlash, DSpark) hold no embedding of their own
+        report["shares_tied_target"] = "none"
         return
     tied = torch.nn.Parameter(torch.randn(embed.shape, dtype=embed.dtype), requires_grad=False)
     own_head = "Eagle3" in arch and not getattr(model, "load_lm_head_from_target", False)
