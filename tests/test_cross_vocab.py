@@ -124,6 +124,8 @@ def test_string_level_drafting_is_lossless(trained):
     from specforge_het.config.errors import ConfigError
 
     base, drafter, prompts = _decode_setup(trained[60])
+    saved = Path(trained[60].training.output_dir) / "draft_tokenizer"  # the draft's tokenizer travels with it
+    assert (saved / "tokenizer_config.json").is_file() and drafter.tokenizer_folder() == str(saved)
     drafter.use_string_drafting(base.tokenizer)
     eos = {base.tokenizer.eos_token_id}
     want = [r.tokens for r in base_decode_batch(base, prompts, 24, eos)]

@@ -117,6 +117,7 @@ def load_drafter(path: str | Path, device="cpu", dtype: Optional[torch.dtype] = 
     weights = path / WEIGHTS_NAME
     state = read_safetensors(weights, cfg.get("weights_sha256"))
     model = load_checked_state(model, state, weights)
+    model.checkpoint_dir = str(path)  # where files saved beside the weights live (a draft's own tokenizer)
     # dtype None keeps the checkpoint's own floating dtype (the modules were built in float32).
     dtype = dtype or next((v.dtype for v in state.values() if v.is_floating_point()), None)
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

@@ -11,6 +11,9 @@ Training (train.py) distils on the intersection: the data's base tokens outside 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -22,6 +25,7 @@ from .model import ClassicDrafter, load_draft_lm
 from .vocab_map import build_vocab_map, overlap_line
 
 log = logging.getLogger(__name__)
+TOKENIZER_DIR = "draft_tokenizer"  # the draft's own tokenizer, saved beside the weights
 
 
 @register_architecture("classic_cross_vocab_drafter")
@@ -57,16 +61,36 @@ class CrossVocabDrafter(ClassicDrafter):
             self._intersection, self._intersection_key = (draft_ids, m[draft_ids]), key
         return self._intersection
 
+    def save_pretrained(self, out_dir, *args, **kwargs):
+        """The checkpoint, and the draft's own tokenizer beside it (draft_tokenizer/), so decoding and export
+        need no other folder."""
+        out = super().save_pretrained(out_dir, *args, **kwargs)
+        tokenizers = getattr(self, "string_tokenizers", None)
+        if tokenizers is not None:
+            tmp = out / f".{TOKENIZER_DIR}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizers[1].save_pretrained(tmp)
+            shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+            os.replace(tmp, out / TOKENIZER_DIR)
+        return out
+
+    def tokenizer_folder(self) -> str:
+        """Where the draft's own tokenizer is: its copy in the checkpoint, else the draft LM it was built from."""
+        saved = Path(getattr(self, "checkpoint_dir", "")) / TOKENIZER_DIR
+        if getattr(self, "checkpoint_dir", None) and (saved / "tokenizer_config.json").is_file():
+            return str(saved)
+        path = self.meta.get("draft_model_path")
+        if not path or not Path(path).is_dir():
+            raise ConfigError(f"the draft's own tokenizer is neither saved with the checkpoint ({TOKENIZER_DIR}/) "
+                              f"nor at modeling.draft_model_path ({path!r}), where it was built from")
+        return path
+
     def use_string_drafting(self, base_tokenizer) -> "CrossVocabDrafter":
         """Draft through text instead of the intersection (string_proposer.py): needs the base's tokenizer and
-        the draft's own (read from modeling.draft_model_path, where it was trained from)."""
+        the draft's own."""
         from transformers import AutoTokenizer
 
-        path = self.meta.get("draft_model_path")
-        if not path:
-            raise ConfigError("inference.proposer string: the drafter's checkpoint does not name its draft LM "
-                              "(meta draft_model_path), whose tokenizer drafting needs")
-        self.string_tokenizers = (base_tokenizer, AutoTokenizer.from_pretrained(path))
+        self.string_tokenizers = (base_tokenizer, AutoTokenizer.from_pretrained(self.tokenizer_folder()))
         self.PROPOSER = "string"
         return self
 

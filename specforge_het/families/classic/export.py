@@ -5,7 +5,6 @@ The LM runs at its natural positions (token j at position j; model.py feeds the 
 the engines, which run a draft model as a plain LM over the sequence, draft exactly what our decoder drafts."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -33,12 +32,12 @@ def classic_to_hf(drafter, dtype: Optional[torch.dtype], base: str = "", steps: 
 
 
 def own_tokenizer_folder(drafter, base: str) -> str:
-    """A draft with its own tokenizer ships it: the draft LM's folder it was built from (its tokenizer files)."""
-    path = drafter.meta.get("draft_model_path")
-    if not path or not Path(path).is_dir():
-        raise ConfigError(f"export.to hf: this draft has its own tokenizer, read from modeling.draft_model_path "
-                          f"({path!r}) when it was built; that folder is needed to export it")
-    return path
+    """A draft with its own tokenizer ships it: the copy saved with the checkpoint, else the draft LM's folder it was
+    built from."""
+    try:
+        return drafter.tokenizer_folder()
+    except ConfigError as e:
+        raise ConfigError(f"export.to hf: {e}") from None
 
 
 register_converter(Converter("hf", "classic_drafter", "a plain HF causal LM (vLLM draft_model, SGLang STANDALONE)",
