@@ -2,7 +2,8 @@
 # The next-generation drafter table on the demo base (issue 18): EAGLE-2 (forward KL and TV, the best loss of the
 # menu), EAGLE-3 (TTT 5), EAGLE-3.1 (fc_norm + norm_output), DFlash and DSpark (B = 8), 150 training steps each.
 # A drafter already trained (model.safetensors present) is reused; then every row is evaluated back to back, one
-# inference run per row (chain and tree, greedy, lossless check), and bench.variants prints one table.
+# inference run per row (chain and tree, greedy, lossless check), and bench.variants writes one table with its
+# provenance to $TABLE.md and $TABLE.json (docs/results/demo_next_gen by default; docs/algorithms.md includes it).
 # Run it alone on the machine: the speed columns are only comparable when nothing else shares the cores.
 # Needs the demo base and dataset (demo/run_pipeline.sh); the EAGLE-3 dataset (aux layers) is made here if missing.
 set -euo pipefail
@@ -11,6 +12,7 @@ export HF_HUB_OFFLINE=1
 PY=${PYTHON:-python}
 OUT=${OUT:-output/demo/next_gen}
 STEPS=${STEPS:-150}
+TABLE=${TABLE:-docs/results/demo_next_gen}
 E3="--@eagle3 --@demo_eagle3 --algorithm.ttt_length 5"
 BLOCK="--data.dataset_dir output/demo/dataset_eagle3"
 declare -A ROWS=(
@@ -41,4 +43,4 @@ for row in $ORDER; do
     --inference.output_dir "$OUT/inf_$row" "$@"
   dirs+=("$OUT/inf_$row")
 done
-$PY -m specforge_het.bench.variants --bench.reports "$(IFS=,; echo "${dirs[*]}")"
+$PY -m specforge_het.bench.variants --bench.reports "$(IFS=,; echo "${dirs[*]}")" --bench.out "$TABLE"

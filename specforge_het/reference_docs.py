@@ -11,9 +11,11 @@ import typing
 from pathlib import Path
 
 from .cli import STAGES, bench_names, summary_of
+from .config.options import declared_options
 from .config.presets import available_presets, preset_descriptions
 from .config.ranges import RANGES
-from .config.schema import SECTIONS, RunConfig, field_types, type_name
+from .config.schema import SECTIONS, RunConfig
+from .config.types import field_types, type_name
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
 
@@ -39,16 +41,19 @@ def render() -> str:
     for name, path in sorted(available_presets().items()):
         rel = f"specforge_het/{path.relative_to(package)}" if path.is_relative_to(package) else path.name
         lines.append(f"| `--@{name}` | `{rel}` | {_cell(descriptions.get(name, ''))} |")
+    declared = {f"{o.section}.{o.key}": o for o in declared_options()}
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        lines += ["", f"## [{section}]", "", doc, "", "| key | type | default |", "|---|---|---|"]
+        lines += ["", f"## [{section}]", "", doc, "", "| key | type | default | read only by |", "|---|---|---|---|"]
         for key, tp in field_types(cls).items():
             rng = RANGES.get(f"{section}.{key}")
             kind = type_name(tp) + (f", {str(rng).replace('x', key)}" if rng is not None else "")
             default = getattr(getattr(defaults, section), key)
             if typing.get_origin(tp) is None and isinstance(default, str) and not default:
                 default = '""'
-            lines.append(f"| `--{section}.{key}` | {_cell(kind)} | `{_cell(repr(default))}` |")
+            option = declared.get(f"{section}.{key}")
+            owner = f"{option.owner}: {option.help}" if option else ""
+            lines.append(f"| `--{section}.{key}` | {_cell(kind)} | `{_cell(repr(default))}` | {_cell(owner)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,13 +15,13 @@ from .config.errors import ConfigError, closest
 
 T = TypeVar("T")
 
-# The package every family-provided registry loads: families/__init__.py imports each family's folder.
-FAMILIES = "specforge_het.families"
+# What every family-provided registry loads: families.load_all imports each family's registering modules.
+FAMILIES = "specforge_het.families:load_all"
 
 
 class Registry(Generic[T]):
     """name → entry. `what` names an entry in errors ("algorithm", "export format"); `loaders` are modules imported
-    before the first lookup (their import registers the entries)."""
+    before the first lookup (their import registers the entries); "module:function" also calls that function."""
 
     def __init__(self, what: str, loaders: tuple[str, ...] = (FAMILIES,)):
         self.what = what
@@ -47,8 +47,11 @@ class Registry(Generic[T]):
     def load(self) -> "Registry[T]":
         if not self._loaded:
             self._loaded = True  # first: a loader that looks something up while importing must not recurse
-            for module in self.loaders:
-                importlib.import_module(module)
+            for loader in self.loaders:
+                module, _, function = loader.partition(":")
+                imported = importlib.import_module(module)
+                if function:
+                    getattr(imported, function)()
         return self
 
     def get(self, name: str, where: str = "") -> T:

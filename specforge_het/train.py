@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
-from .algorithms import check_packing, get_algorithm
+from .algorithms import check_options, check_packing, get_algorithm
 from .config.cli import run_entry, save_resolved_config
 from .config.schema import RunConfig
 from .config.errors import ConfigError
@@ -339,6 +339,7 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
 
 def run(cfg: RunConfig, presets: list[str]) -> Path:
     algorithm = get_algorithm(cfg.algorithm.name)
+    check_options(algorithm, {"modeling": cfg.modeling, "algorithm": cfg.algorithm})
     check_packing(algorithm, cfg.data)
     trainer_sp.check_algorithm(algorithm, cfg.training.sequence_parallel)
     loss_fn = algorithm.loss

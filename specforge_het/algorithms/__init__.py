@@ -6,11 +6,11 @@ families share for training — the catalog, the loss menu (losses.py, head_loss
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..config.errors import ConfigError
+from ..config.options import declared_options
 from ..registry import Registry
 
 
@@ -21,9 +21,10 @@ class Algorithm:
     build: Callable  # (base, modeling_cfg, feature_layers, meta, draft_vocab) → drafter
     # (num_base_layers, configured aux ids) → base block ids the drafter reads; None = the last hidden state only.
     feature_layers: Callable[[int, list], Optional[list]] = lambda n, configured: None
-    # The algorithm-specific modeling switches this algorithm's drafter honours, and the preset that sets them
-    # (named when another algorithm is given one of them).
+    # The family-declared keys (config/options.py) this algorithm reads: modeling switches its drafter honours and
+    # loss options; and the preset that sets them (named when another algorithm is given one of them).
     modeling_keys: tuple = ()
+    algorithm_keys: tuple = ()
     switch_preset: str = ""
     # Whether its loss keeps packed conversations apart (data.packing: segment_ids / position_ids in the batch).
     packs: bool = False
@@ -43,7 +44,7 @@ def register(algorithm: Algorithm) -> Algorithm:
     build = algorithm.build
 
     def checked_build(base, modeling, *args):
-        check_modeling_switches(algorithm, modeling)
+        check_options(algorithm, {"modeling": modeling})
         return build(base, modeling, *args)
 
     algorithm.build = checked_build
@@ -54,24 +55,35 @@ def get_algorithm(name: str) -> Algorithm:
     return ALGORITHMS.get(name, where="algorithm.name")
 
 
-def specific_switches() -> dict[str, str]:
-    """Modeling switches only some drafters have → the preset(s) that set them (named in the error)."""
+def reads(algorithm: Algorithm) -> set[str]:
+    """The family-declared keys `algorithm` reads, as section.key."""
+    return {f"modeling.{k}" for k in algorithm.modeling_keys} | {f"algorithm.{k}" for k in algorithm.algorithm_keys}
+
+
+def specific_keys() -> dict[str, str]:
+    """Every key a family declares for [modeling] / [algorithm] → the preset(s) of the algorithms that read it."""
     presets: dict[str, set] = {}
     for _, algorithm in ALGORITHMS.items():
-        for key in algorithm.modeling_keys:
-            presets.setdefault(key, set()).add(f"--@{algorithm.switch_preset or algorithm.name}")
-    return {key: " or ".join(sorted(names)) for key, names in presets.items()}
+        for key in reads(algorithm):  # the switch preset sets its modeling switches; loss options go with the name
+            switch = key.startswith("modeling.") and algorithm.switch_preset
+            preset = algorithm.switch_preset if switch else algorithm.name
+            presets.setdefault(key, set()).add(f"--@{preset}")
+    return {f"{o.section}.{o.key}": " or ".join(sorted(presets.get(f"{o.section}.{o.key}", ())))
+            for o in declared_options() if o.section in ("modeling", "algorithm")}
 
 
-def check_modeling_switches(algorithm: Algorithm, modeling) -> None:
-    """A switch set away from its default on an algorithm whose drafter ignores it would do nothing, silently."""
-    defaults = {f.name: f.default for f in dataclasses.fields(modeling)}
-    switches = specific_switches()
-    ignored = [k for k in switches if k not in algorithm.modeling_keys and getattr(modeling, k) != defaults[k]]
+def check_options(algorithm: Algorithm, sections: dict) -> None:
+    """A family's key set away from its default on an algorithm that does not read it would do nothing, silently.
+    `sections`: {"modeling": ..., "algorithm": ...}, the config sections to check (either may be left out)."""
+    defaults = {f"{o.section}.{o.key}": o.default for o in declared_options()}
+    specific = specific_keys()
+    own = reads(algorithm)
+    ignored = [k for k in specific if k not in own and k.split(".")[0] in sections
+               and getattr(sections[k.split(".")[0]], k.split(".")[1]) != defaults[k]]
     if ignored:
-        raise ConfigError(f"{', '.join(f'modeling.{k}' for k in ignored)}: not a switch of the {algorithm.name} "
-                          f"drafter (it would be ignored); unset {'it' if len(ignored) == 1 else 'them'}, or use "
-                          f"{' / '.join(sorted({switches[k] for k in ignored}))}")
+        users = " / ".join(sorted({specific[k] for k in ignored if specific[k]}))
+        raise ConfigError(f"{', '.join(ignored)}: not read by the {algorithm.name} algorithm (it would be ignored); "
+                          f"unset {'it' if len(ignored) == 1 else 'them'}" + (f", or use {users}" if users else ""))
 
 
 def get_loss(name: str) -> Callable:

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from ..config.cli import parse_flags
 from ..config.errors import ConfigError, closest
-from ..config.schema import coerce, field_types, type_name
+from ..config.types import coerce, field_types, type_name
 from ..utils.logs import setup_logging
 
 log = logging.getLogger(__name__)

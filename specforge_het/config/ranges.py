@@ -33,16 +33,12 @@ AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
 POSITIVE, UNIT = Range(0, lo_open=True), Range(0, 1)
 PROB, FRACTION = Range(0, 1, lo_open=True), Range(0, 1, hi_open=True)  # (0, 1] and [0, 1)
 
-# Every numeric key with a meaningful range; checked whenever a value is set (presets, saved configs, the CLI).
+# Every numeric key with a meaningful range; checked whenever a value is set (presets, saved configs, the CLI). The
+# keys a family or plugin declares (config/options.py) bring their ranges with them; the schema adds them here.
 RANGES: dict[str, Range] = {
     "modeling.draft_layers": AT_LEAST_1, "modeling.draft_hidden_size": AT_LEAST_1,
     "modeling.draft_vocab_size": AT_LEAST_1, "modeling.init_from_base_layer": AT_LEAST_0,
-    "modeling.lora_rank": AT_LEAST_0, "modeling.lora_alpha": POSITIVE, "modeling.block_size": Range(2, 64),
-    "modeling.mask_token_id": AT_LEAST_0, "modeling.markov_rank": Range(1, 4096), "modeling.confidence_cut": FRACTION,
-    "algorithm.num_anchors": AT_LEAST_1, "algorithm.confidence_weight": AT_LEAST_0,
-    "algorithm.v_w": AT_LEAST_0, "algorithm.p_w": AT_LEAST_0, "algorithm.noise_std": AT_LEAST_0,
-    "algorithm.ttt_length": AT_LEAST_1, "algorithm.ttt_decay": PROB, "algorithm.distill_alpha": UNIT,
-    "algorithm.sequence_weight": AT_LEAST_0,
+    "modeling.lora_rank": AT_LEAST_0, "modeling.lora_alpha": POSITIVE, "algorithm.ttt_decay": PROB,
     "data.max_length": Range(2), "data.max_samples": AT_LEAST_1, "data.shard_size": AT_LEAST_1,
     "data.batch_size": AT_LEAST_1, "data.regen_temperature": AT_LEAST_0, "data.regen_max_new_tokens": AT_LEAST_1,
     "training.learning_rate": POSITIVE, "training.num_train_epochs": POSITIVE, "training.max_steps": Range(-1),
@@ -62,9 +58,6 @@ RANGES: dict[str, Range] = {
     "synth.top_p": PROB, "synth.min_words": AT_LEAST_0, "synth.batch_size": AT_LEAST_1, "synth.seed": AT_LEAST_0,
     "synth.time_budget_s": POSITIVE, "training.time_budget_s": POSITIVE,
     "benchmark.sampling_temperature": POSITIVE,
-    "plugins.keep_first_n_layers_on_gpu": AT_LEAST_0, "plugins.quant_bits": Range(1, 8),
-    "plugins.quant_group_size": AT_LEAST_1, "plugins.subspec_keep_first_n_layers": AT_LEAST_0,
-    "plugins.async_branches": AT_LEAST_1, "plugins.router_train_prompts": AT_LEAST_1,
     "benchmark.max_samples": AT_LEAST_1,
     "serve.port": Range(0, 65535), "serve.max_tokens_limit": AT_LEAST_1, "serve.default_max_tokens": AT_LEAST_1,
     "serve.max_batch": Range(1, 256), "serve.batch_wait_ms": Range(0, 10_000),

@@ -6,13 +6,16 @@ sections it needs. Values are validated against the annotations here, never eval
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from .errors import ConfigError, closest
+from .options import Option, declared_options
 from .ranges import RANGES, check_value
+from .types import coerce, field_types, type_name
+
+__all__ = ["SECTIONS", "ConfigError", "RunConfig", "apply_mapping", "coerce", "describe_sections", "field_types",
+           "set_key", "type_name"]
 
 
 @dataclass
@@ -32,10 +35,8 @@ class BaseSection:
 class ModelingSection:
     """The drafter's architecture."""
 
+    # The keys only one family reads (block_size, fc_norm, ...) are declared in its folder: families/*/options.py.
     draft_layers: int = 1
-    # EAGLE-1/2: a bias on fc (the official EAGLE layout). vLLM's EAGLE-1 fc has none, so the default is without: such
-    # drafts serve in vLLM and SGLang (exported with a zero bias); true matches official checkpoints.
-    fc_bias: bool = False
     # HF model_type of the draft decoder layers (llama, qwen3, qwen3_moe, mistral, gemma2, ...); None = the base's.
     draft_family: Optional[str] = None
     draft_hidden_size: Optional[int] = None  # None = the base's width; otherwise projections map between widths
@@ -43,7 +44,6 @@ class ModelingSection:
     # shared (the base's, frozen) | own (trainable; implied by draft_vocab_size)
     lm_head: Literal["shared", "own"] = "shared"
     draft_vocab_size: Optional[int] = None  # top-N target tokens of the training data; None = the full vocabulary
-    draft_model_path: Optional[str] = None  # classic_draft: start from this small LM (same tokenizer) instead
     # Merged into the draft decoder's HF config last (e.g. {"intermediate_size": 512, "num_experts": 4}).
     draft_config_overrides: dict = field(default_factory=dict)
     # Start draft layer i as a copy of base block init_from_base_layer + i (same family and width); None = random.
@@ -51,19 +51,6 @@ class ModelingSection:
     # Fine-tune: start every drafter weight (its draft vocabulary included) from this trained checkpoint of the same
     # architecture and shapes, e.g. to continue a drafter on more data; None = a fresh drafter.
     init_from_drafter: Optional[str] = None
-    # EAGLE-3.1 (EAGLE-3 only): an RMSNorm per fused base feature before fc, and the post-norm output (instead of the
-    # pre-norm one) fed to the next draft step — exported as the fc_norm / norm_output fields vLLM and SGLang read.
-    fc_norm: bool = False
-    norm_output: bool = False
-    # DFlash block drafters: one pass over [anchor, mask × (block_size − 1)] drafts block_size − 1 tokens; the mask
-    # slots are embedded as token mask_token_id (None = the base tokenizer's pad token, else its last id).
-    block_size: int = 8
-    mask_token_id: Optional[int] = None
-    # DSpark (on the DFlash backbone): rank of the Markov head (a bigram logit correction from the previous draft),
-    # and where the confidence head stops the block: drafts after the running product of per-slot acceptance
-    # estimates falls below confidence_cut are not verified (0 = verify the whole block; saved with the drafter).
-    markov_rank: int = 64
-    confidence_cut: float = 0.0
     # > 0: train those copied layers through rank-r LoRA adapters (peft) only; saved drafters hold merged weights.
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -75,18 +62,10 @@ class ModelingSection:
 class AlgorithmSection:
     """Which drafting algorithm is trained (see specforge_het/algorithms/)."""
 
+    # The keys only one family reads (ttt_length, num_anchors, ...) are declared in its folder: families/*/options.py.
     name: str = "eagle2"
-    v_w: float = 1.0  # feature-regression weight
-    p_w: float = 0.1  # soft cross-entropy weight
-    noise_std: float = 0.2  # uniform noise added to input features while training (EAGLE-1/2)
-    ttt_length: int = 7  # EAGLE-3: training-time-test unroll steps
-    ttt_decay: float = 0.8  # EAGLE-3: step i's loss is weighted decay**i; dflash: block position i+1's
-    distill_alpha: float = 0.5  # classic_draft: weight of distillation (soft CE to the base) vs data CE
-    # classic_draft with its own tokenizer: weight of sequence-level distillation (CE on the base's text re-encoded by
-    # the draft's tokenizer, what string-level drafting reads), added to the loss on the shared tokens.
-    sequence_weight: float = 0.0
-    num_anchors: int = 64  # dflash, dspark: blocks trained per sequence (anchors drawn among assistant positions)
-    confidence_weight: float = 0.1  # dspark: weight of the confidence head's loss (BCE to greedy acceptance)
+    # multi-step losses (EAGLE-3's training-time test, block drafters' positions): step i's loss is weighted decay**i
+    ttt_decay: float = 0.8
     # how the drafter's distribution q is fitted to the base's p (algorithms/losses.py): forward_kl (soft CE, EAGLE's),
     # reverse_kl, jsd, tv (1 − Σ min(p, q)) or lk (−log Σ min(p, q)); the distillation term of every algorithm
     loss: Literal["forward_kl", "reverse_kl", "jsd", "tv", "lk"] = "forward_kl"
@@ -219,22 +198,7 @@ class PluginsSection:
     """Inference plugins (specforge_het/plugins/): subspec, router, offload, async_draft, applied in that order."""
 
     enabled: list = field(default_factory=list)  # offload | subspec | async_draft | router
-    # offload: base blocks 0..N-1 stay on the accelerator, the rest live in (pinned) CPU memory and are streamed in.
-    keep_first_n_layers_on_gpu: int = 0
-    offload_prefetch: bool = True  # copy block i+1 in (on a side CUDA stream) while block i runs
-    # subspec: the drafter is the base with its blocks replaced by low-bit substitutes (training-free).
-    quant_bits: int = 4
-    quant_group_size: int = 64
-    quant_backend: Literal["auto", "hqq", "torch"] = "auto"  # auto = HQQ when installed, else torch
-    subspec_keep_first_n_layers: Optional[int] = None  # blocks shared unquantized; None = the offloaded split (or 0)
-    # with kept blocks, batch 1: their KV cache (and verified-token compute) is the base's
-    subspec_share_kv: bool = True
-    # async_draft: next trees pre-drafted for this many likely verification outcomes while the base verifies.
-    async_branches: int = 3
-    # router: several drafters for one base, one picked per prompt by a classifier trained on recorded acceptance.
-    router_drafters: list = field(default_factory=list)  # drafter folders
-    router_path: str = "output/demo/router"  # where `python -m specforge_het.plugins.router` saves / reads it
-    router_train_prompts: int = 48  # conversations of data.conversations its acceptance is recorded on
+    # each plugin's own keys are declared in plugins/options.py
 
 
 @dataclass
@@ -344,6 +308,30 @@ class DemoSection:
     seed: int = 0
 
 
+def with_declared_options(section: str, cls: type) -> type:
+    """`cls` plus the keys the families and plugins declare for `section` (config/options.py), under the same name:
+    `--modeling.block_size` is typed, range-checked and listed like a generic key, but lives with DFlash."""
+    options = [o for o in declared_options() if o.section == section]
+    for o in options:
+        if o.range is not None:
+            RANGES[f"{section}.{o.key}"] = o.range
+        OWNERS[f"{section}.{o.key}"] = o.owner
+    return dataclasses.make_dataclass(
+        cls.__name__, [(o.key, o.type, _default(o)) for o in options], bases=(cls,),
+        namespace={"__doc__": cls.__doc__, "__module__": cls.__module__})
+
+
+def _default(option: Option):
+    if isinstance(option.default, (list, dict)):
+        return field(default_factory=lambda d=option.default: type(d)(d))
+    return field(default=option.default)
+
+
+OWNERS: dict[str, str] = {}  # section.key → the family or plugin that declared it
+ModelingSection = with_declared_options("modeling", ModelingSection)
+AlgorithmSection = with_declared_options("algorithm", AlgorithmSection)
+PluginsSection = with_declared_options("plugins", PluginsSection)
+
 SECTIONS: dict[str, type] = {
     "base": BaseSection,
     "modeling": ModelingSection,
@@ -381,58 +369,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def field_types(section_cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(section_cls)
-
-
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`; convert only where it is lossless and unambiguous."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return coerce(value, args[0], where)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {where}: expected one of {', '.join(map(str, choices))}, got {value!r}"
-                          + (f"; {closest(value, choices)}" if isinstance(value, str) else ""))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(value):
-                return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. `--base.model_name_or_path 123` names a folder "123"
-    elif tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-    elif tp is list or origin is list:
-        if isinstance(value, (list, tuple)):
-            item = typing.get_args(tp)
-            return [coerce(v, item[0], f"{where}, item {i}") for i, v in enumerate(value)] if item else list(value)
-    else:
-        return value
-    tname = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"config key {where}: expected {tname}, got {value!r} ({type(value).__name__})")
-
-
 def set_key(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     """Set `section.key` on cfg after validating both names and the value's type."""
     if "." not in dotted:
@@ -463,20 +399,6 @@ def apply_mapping(cfg: RunConfig, mapping: dict, source: str) -> None:
             set_key(cfg, f"{section}.{key}", value, source)
 
 
-def type_name(tp: Any) -> str:
-    """How --help shows a key's type: choices for Literal types, 'x or None' for optional ones."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{type_name(args[0])} or None"
-    if origin is Literal:
-        return "one of " + " | ".join(map(str, typing.get_args(tp)))
-    if origin is list:
-        item = typing.get_args(tp)
-        return f"list of {item[0].__name__}" if item else "list"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def describe_sections() -> str:
     """Human-readable listing of every section and key with its type (choices, range) and default, for --help."""
     lines = []
@@ -488,5 +410,6 @@ def describe_sections() -> str:
             rng = RANGES.get(f"{name}.{key}")
             bounds = f", {str(rng).replace('x', key)}" if rng is not None else ""
             default = getattr(getattr(defaults, name), key)
-            lines.append(f"    --{name}.{key} ({type_name(tp)}{bounds}, default {default!r})")
+            owner = f" [{OWNERS[f'{name}.{key}']}]" if f"{name}.{key}" in OWNERS else ""
+            lines.append(f"    --{name}.{key} ({type_name(tp)}{bounds}, default {default!r}){owner}")
     return "\n".join(lines)

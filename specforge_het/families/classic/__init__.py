@@ -3,4 +3,5 @@ sharing the base's tokenizer, fine-tuned and distilled; the generic tree propose
 (`export.to hf`: vLLM draft_model, SGLang STANDALONE); preset `--@classic_draft`. A draft LM with another
 tokenizer than the base's (`modeling.draft_model_path` holding its own) drafts through the token-level intersection
 (cross_vocab.py, vocab_map.py: vLLM's `use_heterogeneous_vocab` rule)."""
-from . import cross_vocab, export, model, string_proposer, train  # noqa: F401  (importing them registers it)
+# Imported by families.load_all: importing them registers the family; this file imports nothing.
+REGISTERS = (".cross_vocab", ".export", ".model", ".string_proposer", ".train")

@@ -109,4 +109,5 @@ def build(base, modeling, feature_layers, meta, draft_vocab):
     return build_classic_drafter(base, modeling, meta)
 
 
-register(Algorithm("classic_draft", classic_draft_loss, build, packs=True, architecture="classic_drafter"))
+register(Algorithm("classic_draft", classic_draft_loss, build, modeling_keys=("draft_model_path",),
+                   algorithm_keys=("distill_alpha", "sequence_weight"), packs=True, architecture="classic_drafter"))

@@ -22,4 +22,5 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("dflash", dflash_loss, build, feature_layers, modeling_keys=("block_size", "mask_token_id"),
-                   packs=True, architecture="dflash_drafter", simulate=block_simulated_acceptance))
+                   algorithm_keys=("num_anchors",), packs=True, architecture="dflash_drafter",
+                   simulate=block_simulated_acceptance))

@@ -41,5 +41,6 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("dspark", dspark_loss, build, feature_layers,
-                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut"), packs=True,
+                   modeling_keys=("block_size", "mask_token_id", "markov_rank", "confidence_cut"),
+                   algorithm_keys=("num_anchors", "confidence_weight"), packs=True,
                    architecture="dspark_drafter", simulate=block_simulated_acceptance))

@@ -49,4 +49,5 @@ def build(base, modeling, feature_layers, meta, draft_vocab):
                          draft_vocab=draft_vocab, fc_bias=modeling.fc_bias)
 
 
-register(Algorithm("eagle2", eagle2_loss, build, packs=True, architecture="eagle_drafter"))
+register(Algorithm("eagle2", eagle2_loss, build, modeling_keys=("fc_bias",), algorithm_keys=("v_w", "p_w", "noise_std"),
+                   packs=True, architecture="eagle_drafter"))

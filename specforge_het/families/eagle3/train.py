@@ -99,4 +99,5 @@ def build(base, modeling, layers, meta, draft_vocab):
 
 
 register(Algorithm("eagle3", eagle3_loss, build, feature_layers, modeling_keys=("fc_norm", "norm_output"),
-                   switch_preset="eagle3_1", packs=True, sequence_parallel=True, architecture="eagle3_drafter"))
+                   algorithm_keys=("ttt_length",), switch_preset="eagle3_1", packs=True, sequence_parallel=True,
+                   architecture="eagle3_drafter"))
