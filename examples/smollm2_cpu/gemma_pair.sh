@@ -38,8 +38,10 @@ if [ ! -f $G/xvocab/before/model.safetensors ]; then
   $PY -m specforge_het.train "${P[@]}" --training.output_dir $G/xvocab/before --training.max_steps 1 \
     --training.learning_rate 1e-12 --training.warmup_steps 0
 fi
-$PY -m specforge_het.inference.benchmark "${P[@]}" "${BENCH[@]}" --inference.drafter_path $G/xvocab/before \
-  --benchmark.output_dir $G/xvocab/benchmark_before
+if [ ! -f $G/xvocab/benchmark_before/summary.md ]; then
+  $PY -m specforge_het.inference.benchmark "${P[@]}" "${BENCH[@]}" --inference.drafter_path $G/xvocab/before \
+    --benchmark.output_dir $G/xvocab/benchmark_before
+fi
 if [ "$STEPS" -gt 0 ]; then
   $PY -m specforge_het.train "${P[@]}" --training.output_dir $G/xvocab/distilled --training.max_steps "$STEPS" \
     --training.learning_rate 2e-5 --training.eval_fraction 0.05 --training.eval_steps 50 --training.eval_depth 3 \
