@@ -15,7 +15,6 @@ import logging
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .data.regenerate import regenerate_conversations
 from .data.stdlib_corpus import function_heads, stdlib_files
 from .modeling.base import FrozenBase
 from .utils.precision import bf16_pays
-from .utils.io import atomic_write_text
+from .utils.io import atomic_write_dir, atomic_write_text
 
 EOS = "<|endoftext|>"
 
@@ -165,13 +164,13 @@ def build(cfg: RunConfig) -> Path:
         log.info(f"demo base: {len(train_files)} stdlib files ({mb:.1f} MB) → {out_dir}")
         tokenizer = train_tokenizer([f.text for f in train_files], demo.vocab_size)
         model = train_base(demo, tokenizer, [f.text for f in train_files])
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_resolved_config(cfg, tmp, "demo_base", [])
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)  # the folder appears complete or not at all
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_resolved_config(cfg, tmp, "demo_base", [])
+
+        atomic_write_dir(out_dir, write)  # the folder appears complete or not at all
         log.info(f"demo base: built in {time.time() - t0:.0f}s")
 
     conv_path = Path(demo.conversations_out)

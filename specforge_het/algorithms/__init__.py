@@ -75,13 +75,12 @@ def specific_keys() -> dict[str, str]:
 def check_options(algorithm: Algorithm, sections: dict) -> None:
     """A family's key set away from its default on an algorithm that does not read it would do nothing, silently.
     `sections`: {"modeling": ..., "algorithm": ...}, the config sections to check (either may be left out)."""
-    defaults = {f"{o.section}.{o.key}": o.default for o in declared_options()}
-    specific = specific_keys()
     own = reads(algorithm)
-    ignored = [k for k in specific if k not in own and k.split(".")[0] in sections
-               and getattr(sections[k.split(".")[0]], k.split(".")[1]) != defaults[k]]
+    ignored = [f"{o.section}.{o.key}" for o in declared_options() if o.section in sections
+               and f"{o.section}.{o.key}" not in own and getattr(sections[o.section], o.key) != o.default]
     if ignored:
-        users = " / ".join(sorted({specific[k] for k in ignored if specific[k]}))
+        presets = specific_keys()
+        users = " / ".join(sorted({presets[k] for k in ignored if presets[k]}))
         raise ConfigError(f"{', '.join(ignored)}: not read by the {algorithm.name} algorithm (it would be ignored); "
                           f"unset {'it' if len(ignored) == 1 else 'them'}" + (f", or use {users}" if users else ""))
 

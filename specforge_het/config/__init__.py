@@ -4,15 +4,10 @@ Names are resolved on first use, so that importing `config.errors` (the leaf eve
 load the schema and the command line with it."""
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_names
 
 _WHERE = {"ConfigError": "errors", "RunConfig": "schema", "RESOLVED_CONFIG_NAME": "cli", "resolve_config": "cli",
           "run_entry": "cli", "save_resolved_config": "cli"}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -8,7 +8,7 @@ The schema's generic sections (config/schema.py) keep the keys every run shares.
 The schema loads those modules by name when it is first imported (the way the registries find families, so this
 layer imports none of them) and adds their keys to its sections: `--modeling.markov_rank` reads and checks like any
 other key (type, range, --help, the CLI reference). A key set away from its default on a run whose algorithm or
-plugins do not read it is refused in one line (algorithms.check_options, plugins.check_plugin_options).
+plugins do not read it is refused in one line (algorithms.check_options, plugins.build.check_plugin_options).
 
 An options module imports nothing but this module and config.ranges, so that loading it loads no model code.
 """

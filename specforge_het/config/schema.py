@@ -312,10 +312,7 @@ def with_declared_options(section: str, cls: type) -> type:
     """`cls` plus the keys the families and plugins declare for `section` (config/options.py), under the same name:
     `--modeling.block_size` is typed, range-checked and listed like a generic key, but lives with DFlash."""
     options = [o for o in declared_options() if o.section == section]
-    for o in options:
-        if o.range is not None:
-            RANGES[f"{section}.{o.key}"] = o.range
-        OWNERS[f"{section}.{o.key}"] = o.owner
+    RANGES.update({f"{section}.{o.key}": o.range for o in options if o.range is not None})
     return dataclasses.make_dataclass(
         cls.__name__, [(o.key, o.type, _default(o)) for o in options], bases=(cls,),
         namespace={"__doc__": cls.__doc__, "__module__": cls.__module__})
@@ -327,7 +324,6 @@ def _default(option: Option):
     return field(default=option.default)
 
 
-OWNERS: dict[str, str] = {}  # section.key → the family or plugin that declared it
 ModelingSection = with_declared_options("modeling", ModelingSection)
 AlgorithmSection = with_declared_options("algorithm", AlgorithmSection)
 PluginsSection = with_declared_options("plugins", PluginsSection)
@@ -403,6 +399,7 @@ def describe_sections() -> str:
     """Human-readable listing of every section and key with its type (choices, range) and default, for --help."""
     lines = []
     defaults = RunConfig()
+    owners = {f"{o.section}.{o.key}": o.owner for o in declared_options()}
     for name, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"  [{name}]  {doc}")
@@ -410,6 +407,6 @@ def describe_sections() -> str:
             rng = RANGES.get(f"{name}.{key}")
             bounds = f", {str(rng).replace('x', key)}" if rng is not None else ""
             default = getattr(getattr(defaults, name), key)
-            owner = f" [{OWNERS[f'{name}.{key}']}]" if f"{name}.{key}" in OWNERS else ""
+            owner = f" [{owners[f'{name}.{key}']}]" if f"{name}.{key}" in owners else ""
             lines.append(f"    --{name}.{key} ({type_name(tp)}{bounds}, default {default!r}){owner}")
     return "\n".join(lines)

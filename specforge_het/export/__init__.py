@@ -15,14 +15,8 @@ Formats (`export.to`):
 """
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_names
 
 # The stage's names resolve on first use: the families import export.registry / export.formats, which must not
 # load the stage (and the command line with it).
-_STAGE = ("run", "load_any", "export_specforge_het")
-
-
-def __getattr__(name: str):
-    if name not in _STAGE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.stage"), name)
+__getattr__ = lazy_names(__name__, dict.fromkeys(("run", "load_any", "export_specforge_het"), "stage"))

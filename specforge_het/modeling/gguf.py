@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from ..config.errors import ConfigError, first_line
 from ..utils.extras import require
+from ..utils.io import atomic_write_dir
 from ..utils.paths import PKG_PREFIX, package_dir, resolve_path
 
 log = logging.getLogger(__name__)
@@ -109,17 +109,15 @@ def convert(source: str, gguf_file: str | None, out: str | Path, dtype) -> Path:
         raise ConfigError(f"convert: the dequantized weights do not fit {type(plain).__name__} "
                           f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
     plain.generation_config = model.generation_config
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     folder, name = locate(source, gguf_file)
-    (tmp / "gguf_source.json").write_text(json.dumps({"gguf_file": name, "size": (folder / name).stat().st_size,
-                                                      "dtype": str(dtype).replace("torch.", "")}, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gguf_source.json").write_text(json.dumps({"gguf_file": name, "size": (folder / name).stat().st_size,
+                                                          "dtype": str(dtype).replace("torch.", "")}, indent=2) + "\n")
+
+    out = atomic_write_dir(out, write)
     log.info(f"convert: {folder / name} → {out} ({sum(p.numel() for p in plain.parameters()) / 1e6:.1f}M "
              f"parameters, {type(plain).__name__})")
     return out

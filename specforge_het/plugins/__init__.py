@@ -8,7 +8,7 @@ without the base and drafter.
 """
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_names
 
 # Names are resolved on first use, so that importing plugins.options (the plugins' typed keys, read by the schema)
 # loads no plugin code.
@@ -17,9 +17,4 @@ _WHERE = {"PLUGINS": "registry", "Plugin": "registry", "register_plugin": "regis
           "refused_in_server": "build", "with_proposer": "build"}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_names(__name__, _WHERE)

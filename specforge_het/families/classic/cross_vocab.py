@@ -11,8 +11,6 @@ Training (train.py) distils on the intersection: the data's base tokens outside 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +19,7 @@ import torch
 from ...config.errors import ConfigError
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import base_meta
+from ...utils.io import atomic_write_dir
 from .model import ClassicDrafter, load_draft_lm
 from .vocab_map import build_vocab_map, overlap_line
 
@@ -67,18 +66,14 @@ class CrossVocabDrafter(ClassicDrafter):
         out = super().save_pretrained(out_dir, *args, **kwargs)
         tokenizers = getattr(self, "string_tokenizers", None)
         if tokenizers is not None:
-            tmp = out / f".{TOKENIZER_DIR}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tokenizers[1].save_pretrained(tmp)
-            shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
-            os.replace(tmp, out / TOKENIZER_DIR)
+            atomic_write_dir(out / TOKENIZER_DIR, tokenizers[1].save_pretrained)
         return out
 
     def tokenizer_folder(self) -> str:
         """Where the draft's own tokenizer is: its copy in the checkpoint, else the draft LM it was built from."""
-        saved = Path(getattr(self, "checkpoint_dir", "")) / TOKENIZER_DIR
-        if getattr(self, "checkpoint_dir", None) and (saved / "tokenizer_config.json").is_file():
-            return str(saved)
+        checkpoint = getattr(self, "checkpoint_dir", None)  # set by load_drafter
+        if checkpoint and (Path(checkpoint) / TOKENIZER_DIR / "tokenizer_config.json").is_file():
+            return str(Path(checkpoint) / TOKENIZER_DIR)
         path = self.meta.get("draft_model_path")
         if not path or not Path(path).is_dir():
             raise ConfigError(f"the draft's own tokenizer is neither saved with the checkpoint ({TOKENIZER_DIR}/) "
