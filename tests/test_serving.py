@@ -133,16 +133,12 @@ def vllm_results(served, drafters, prompts):
     """One vLLM worker process: the base alone, every drafter at T = 0, and two drafters at T = 1."""
     work, _ = served
     runs = [{"name": "base", "speculative_config": None}]
-    for name in VLLM_SERVED:
-        if "hf" in DRAFTERS[name][2]:  # a draft LM: the --speculative-config the export wrote (draft_model)
-            spec = json.loads((drafters[name] / "hf" / "speculative_config.json").read_text())
-            assert spec.get("use_heterogeneous_vocab", False) == (name == "cross_vocab")
-            runs.append({"name": name, "speculative_config": {**spec, "num_speculative_tokens": DEPTH}})
-            continue
-        spec = json.loads((drafters[name] / "vllm" / "config.json").read_text())
-        method = spec.get("speculators_model_type") or "eagle"  # eagle3 / dflash (speculators), else eagle
-        runs.append({"name": name, "speculative_config": {"method": method, "model": str(drafters[name] / "vllm"),
-                                                          "num_speculative_tokens": DEPTH}})
+    for name in VLLM_SERVED:  # the --speculative-config each export wrote, as a user passes it
+        folder = drafters[name] / ("hf" if "hf" in DRAFTERS[name][2] else "vllm")
+        spec = json.loads((folder / "speculative_config.json").read_text())
+        assert spec["model"] == str(folder) and spec["num_speculative_tokens"] == DEPTH
+        assert spec.get("use_heterogeneous_vocab", False) == (name == "cross_vocab")
+        runs.append({"name": name, "speculative_config": spec})
     for r in runs:
         r.update(prompts=prompts, max_tokens=MAX_NEW, temperature=0.0, seed=0)
     for name in ("eagle3_full", "eagle3_reduced"):  # sampled: three draws per prompt, unseeded (independent)

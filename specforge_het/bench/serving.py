@@ -82,9 +82,9 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     for d in drafters:
         v = exports[d]["vllm"]
         if isinstance(v, Path):
-            if (v / "speculative_config.json").is_file():  # a draft LM (export.to hf): the config it wrote
+            if (v / "speculative_config.json").is_file():  # the --speculative-config the export wrote
                 spec = {**json.loads((v / "speculative_config.json").read_text()), "num_speculative_tokens": depth}
-            else:
+            else:  # an export written before exports carried it
                 method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") \
                     else "eagle"
                 spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}

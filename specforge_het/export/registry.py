@@ -33,8 +33,9 @@ class Converter:
     static_check: bool = True
     # (config, base, out folder, steps, topk, draft tokens) → README.md text; None = the exporter's default.
     readme: Optional[Callable[..., str]] = None
-    # Plain-LM formats (target hf): (drafter, base) → the folder whose tokenizer goes beside the draft, and the
-    # --speculative-config fields the engine needs besides method / model / steps.
+    # Plain-LM formats (target hf): (drafter, base) → the folder whose tokenizer goes beside the draft.
+    # Every engine format: the --speculative-config fields the engine needs besides model / steps (a method other
+    # than the format's own name, switches such as vLLM's parallel_drafting or use_heterogeneous_vocab).
     tokenizer_from: Optional[Callable[..., str]] = None
     serving_fields: dict = field(default_factory=dict)
 
