@@ -46,6 +46,10 @@ DRAFTERS = {  # name → (algorithm, config overrides, engines that serve it); t
     "dspark": ("dspark", {"modeling__block_size": DEPTH + 1, "modeling__draft_family": "qwen3",
                           "modeling__draft_layers": 2, "modeling__markov_rank": 16, "algorithm__num_anchors": 16},
                ("vllm", "sglang")),
+    # P-EAGLE: 2 layers drafting DEPTH tokens in one forward; vLLM serves it as eagle3 + parallel_drafting (the
+    # --speculative-config its export writes)
+    "peagle": ("peagle", {"modeling__draft_layers": 2, "modeling__lm_head": "own", "algorithm__parallel_depth": DEPTH,
+                          "training__learning_rate": 1e-2}, ("vllm",)),
     # A classic draft LM (same tokenizer) as a plain HF folder (export.to hf), served by vLLM's draft_model method.
     "classic": ("classic_draft", {"modeling__draft_layers": 1, "training__learning_rate": 1e-2}, ("hf",)),
     # A draft LM with its own tokenizer (made in `served`), distilled on the vocabulary intersection; vLLM serves it
