@@ -189,3 +189,15 @@ def test_clear_errors(base):
         from specforge_het.export.to_vllm import export_vllm
 
         export_vllm(make(base, draft_family="qwen2"), __import__("pathlib").Path("/nonexistent"), None, "B", 3)
+
+
+def test_static_cache_gives_the_eager_tokens(trained):
+    """inference.static_cache: the mask slots go through the SlotCache's scratch and are dropped with it."""
+    drafter, _, _ = trained
+    base = tiny_base("llama")
+    params = [dict(depth=4, top_k=1, total_tokens=4), dict(depth=4, top_k=2, total_tokens=6)]
+    refs = [[r.tokens for r in speculative_decode_batch(base, drafter, MORE_PROMPTS, 12, EOS, **p)] for p in params]
+    base.static_cache = True
+    for p, ref in zip(params, refs):
+        got = speculative_decode_batch(base, drafter, MORE_PROMPTS, 12, EOS, **p)
+        assert [r.tokens for r in got] == ref == [base_decode(base, q, 12, EOS).tokens for q in MORE_PROMPTS], p

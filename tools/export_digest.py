@@ -36,6 +36,7 @@ VARIANTS = [
     ("qwen3", "dflash", {"draft_family": "qwen3"}),
     ("qwen3", "dspark", {"draft_family": "qwen3"}),
     ("llama", "classic_draft", {}),
+    ("llama", "peagle", {"draft_layers": 2}),
 ]
 
 
