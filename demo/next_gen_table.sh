@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The next-generation drafter table on the demo base (issue 18): EAGLE-2 (forward KL and TV, the best loss of the
-# menu), EAGLE-3 (TTT 5), EAGLE-3.1 (fc_norm + norm_output), DFlash and DSpark (B = 8), 150 training steps each.
+# menu), EAGLE-3 (TTT 5), EAGLE-3.1 (fc_norm + norm_output), P-EAGLE (2 layers, 7 parallel positions), DFlash and
+# DSpark (B = 8), 150 training steps each.
 # A drafter already trained (model.safetensors present) is reused; then every row is evaluated back to back, one
 # inference run per row (chain and tree, greedy, lossless check), and bench.variants writes one table with its
 # provenance to $TABLE.md and $TABLE.json (docs/results/demo_next_gen by default; docs/algorithms.md includes it).
@@ -20,10 +21,11 @@ declare -A ROWS=(
   [eagle2_tv]="--@eagle2 --algorithm.loss tv"
   [eagle3]="$E3"
   [eagle3_1]="$E3 --modeling.fc_norm true --modeling.norm_output true"
+  [peagle]="--@peagle $BLOCK --algorithm.parallel_depth 7"
   [dflash]="--@dflash $BLOCK"
   [dspark]="--@dspark $BLOCK"
 )
-ORDER=${ORDER:-"eagle2_fkl eagle2_tv eagle3 eagle3_1 dflash dspark"}
+ORDER=${ORDER:-"eagle2_fkl eagle2_tv eagle3 eagle3_1 peagle dflash dspark"}
 dirs=()
 if [ ! -f output/demo/dataset_eagle3/manifest.json ]; then
   $PY -m specforge_het.data_gen --@demo --@eagle3 --@demo_eagle3
