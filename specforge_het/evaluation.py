@@ -35,12 +35,20 @@ def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor
     rule = simulation_rule(drafter)
     if rule is not None:
         return rule(drafter, batch, depth)
+    return chain_acceptance(drafter, batch, depth, unroll(drafter, drafter_features(drafter, batch),
+                                                          batch["input_ids"], depth))
+
+
+def chain_acceptance(drafter, batch: dict, depth: int, steps) -> tuple[torch.Tensor, torch.Tensor]:
+    """simulated_acceptance's counting over unrolled draft steps: `steps` yields (i, outputs [B, L−1, ·]) for
+    i = 0..depth−1, row t of step i standing for the draft at depth i+1 after position t+1 (algorithms/unroll.py's
+    `unroll`, or a family's own unroll of the same layout)."""
     ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
     rows = ids.shape[1] - 1
     t = torch.arange(rows, device=ids.device)
     eligible_now = shifted(mask, 1, rows).bool() & (t + 1 + depth < ids.shape[1])[None]
     accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
-    for i, out in unroll(drafter, drafter_features(drafter, batch), ids, depth):
+    for i, out in steps:
         greedy = drafter.base_lm_head(shifted(last, 1 + i, rows).to(drafter.base_lm_head.weight.dtype)).argmax(-1)
         drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))
         hit = eligible_now & (drafted == greedy)

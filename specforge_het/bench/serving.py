@@ -81,13 +81,8 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
             {"name": "base@1", "speculative_config": None, "temperature": hot}]
     for d in drafters:
         v = exports[d]["vllm"]
-        if isinstance(v, Path):
-            if (v / "speculative_config.json").is_file():  # the --speculative-config the export wrote
-                spec = {**json.loads((v / "speculative_config.json").read_text()), "num_speculative_tokens": depth}
-            else:  # an export written before exports carried it
-                method = "eagle3" if json.loads((v / "config.json").read_text()).get("speculators_model_type") \
-                    else "eagle"
-                spec = {"method": method, "model": str(v), "num_speculative_tokens": depth}
+        if isinstance(v, Path):  # export_for has just written it, with the --speculative-config to pass
+            spec = {**json.loads((v / "speculative_config.json").read_text()), "num_speculative_tokens": depth}
             runs += [{"name": f"{d}@0", "speculative_config": spec, "temperature": 0.0},
                      {"name": f"{d}@1", "speculative_config": spec, "temperature": hot}]
     for r in runs:

@@ -42,6 +42,23 @@ def block_feature_layers(num_layers: int) -> list[int]:
     return sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
 
 
+def check_mask_token(mask_token_id: int, base_vocab_size: Optional[int]) -> None:
+    if base_vocab_size is not None and not 0 <= mask_token_id < base_vocab_size:
+        raise ConfigError(f"modeling.mask_token_id: expected 0..{base_vocab_size - 1} (a base token id), "
+                          f"got {mask_token_id}")
+
+
+def require_plain_layers(layers, model_type: str, who: str, families: str) -> None:
+    """Draft layers that a layer-by-layer forward (and the engines) can compute: the plain pre-norm layout."""
+    for layer in layers:
+        missing = [n for n in ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
+                   if not hasattr(layer, n)]
+        if missing or hasattr(layer, "pre_feedforward_layernorm"):
+            raise ConfigError(f"{who} draft layers need the plain pre-norm layout (input_layernorm, self_attn, "
+                              f"post_attention_layernorm, mlp); {model_type} layers differ — choose "
+                              f"modeling.draft_family {families}")
+
+
 class BlockDrafter(DrafterBase):
     """The block-drafter backbone; a family registers its own subclass (it names the checkpoint architecture)."""
     EXTRA_KEYS = ("feature_layers", "block_size", "mask_token_id")
@@ -56,9 +73,7 @@ class BlockDrafter(DrafterBase):
             raise ConfigError("a DFlash drafter needs its base feature layer ids (data.aux_layer_ids)")
         if not 2 <= block_size <= 64:
             raise ConfigError(f"modeling.block_size: expected 2..64, got {block_size}")
-        if base_vocab_size is not None and not 0 <= mask_token_id < base_vocab_size:
-            raise ConfigError(f"modeling.mask_token_id: expected 0..{base_vocab_size - 1} (a base token id), "
-                              f"got {mask_token_id}")
+        check_mask_token(mask_token_id, base_vocab_size)
         require_own_parts_for_width("DFlash", width, base_hidden_size, base_embed_dim, own_embedding, own_lm_head)
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=width, embed_dim=width)
@@ -69,13 +84,8 @@ class BlockDrafter(DrafterBase):
         self.fc = nn.Linear(len(self.feature_layers) * base_hidden_size, width, bias=False)
         self.hidden_norm = LlamaRMSNorm(width, eps=getattr(hf_config, "rms_norm_eps", 1e-6))
         skeleton = family_stack(hf_config)
-        for layer in skeleton.layers:
-            missing = [n for n in ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
-                       if not hasattr(layer, n)]
-            if missing or hasattr(layer, "pre_feedforward_layernorm"):
-                raise ConfigError(f"DFlash draft layers need the plain pre-norm layout (input_layernorm, self_attn, "
-                                  f"post_attention_layernorm, mlp); {hf_config.model_type} layers differ — choose "
-                                  "modeling.draft_family qwen3 (what vLLM serves), llama, qwen2 or mistral")
+        require_plain_layers(skeleton.layers, hf_config.model_type, "DFlash",
+                             "qwen3 (what vLLM serves), llama, qwen2 or mistral")
         self.layers = skeleton.layers
         self.norm = skeleton.norm
         self.rotary_emb = skeleton.rotary_emb

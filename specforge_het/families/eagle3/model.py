@@ -12,7 +12,6 @@ projections widened to 2·H_draft; keys follow SGLang's `LlamaForCausalLMEagle3`
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -23,36 +22,10 @@ from ...modeling.architectures import register_architecture
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
 from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.eagle3_layer import Eagle3InputLayer
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
 from ...utils.hf_compat import cache_kw
-
-
-class Midlayer(nn.Module):
-    """One decoder layer of the draft family whose attention reads [embedding, hidden] (2·H) and adds to hidden."""
-
-    def __init__(self, family_layer: nn.Module, width: int):
-        super().__init__()
-        attn = family_layer.self_attn
-        for name in ("q_proj", "k_proj", "v_proj"):
-            proj = getattr(attn, name, None)
-            if not isinstance(proj, nn.Linear):
-                raise ConfigError(f"EAGLE-3 midlayer: {type(attn).__name__} has no separate {name}; choose a draft "
-                                  "family with q/k/v projections (llama, qwen2, qwen3, qwen3_moe, mistral, gemma…)")
-            setattr(attn, name, nn.Linear(2 * width, proj.out_features, bias=proj.bias is not None))
-        self.self_attn = attn
-        self.mlp = family_layer.mlp
-        self.input_layernorm = family_layer.input_layernorm
-        self.hidden_norm = copy.deepcopy(family_layer.input_layernorm)
-        self.post_attention_layernorm = family_layer.post_attention_layernorm
-
-    def forward(self, emb, hidden, position_embeddings, attention_mask, past_key_values, **kwargs):
-        x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
-        attn = self.self_attn(hidden_states=x, position_embeddings=position_embeddings, attention_mask=attention_mask,
-                              **cache_kw(past_key_values), **kwargs)[0]
-        hidden = hidden + attn
-        mlp = self.mlp(self.post_attention_layernorm(hidden))
-        return hidden + (mlp[0] if isinstance(mlp, tuple) else mlp)
 
 
 @register_architecture("eagle3_drafter")
@@ -83,7 +56,8 @@ class Eagle3Drafter(DrafterBase):
             eps = getattr(hf_config, "rms_norm_eps", 1e-6)
             self.fc_norms = nn.ModuleList(LlamaRMSNorm(base_hidden_size, eps=eps) for _ in self.feature_layers)
         skeleton = family_stack(hf_config)
-        self.midlayer = Midlayer(skeleton.layers[0], width)
+        self.midlayer = Eagle3InputLayer(skeleton.layers[0], width, "EAGLE-3 midlayer",
+                                         "llama, qwen2, qwen3, qwen3_moe, mistral, gemma…")
         self.norm = skeleton.norm
         self.rotary_emb = skeleton.rotary_emb
         self._rope_kwargs = rope_kwargs(self.rotary_emb)
@@ -101,8 +75,9 @@ class Eagle3Drafter(DrafterBase):
             attention_mask = causal_mask(g.shape[1], g.dtype, g.device, past_key_values.get_seq_length())
         pos_emb = self.rotary_emb(g, position_ids, **self._rope_kwargs)
         extra = {"ttt_state": ttt_state} if ttt_state is not None else {}
-        out = self.midlayer(emb, g, pos_emb, attention_mask, past_key_values,
-                            use_cache=past_key_values is not None, position_ids=position_ids, **extra)
+        out = self.midlayer(emb, g, position_embeddings=pos_emb, attention_mask=attention_mask,
+                            **cache_kw(past_key_values), use_cache=past_key_values is not None,
+                            position_ids=position_ids, **extra)
         return self.norm(out) if self.norm_output else out
 
     @property

@@ -14,7 +14,6 @@ take the `mask_token_id` embedding and `combine_hidden_states(mask_hidden)`). Ke
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -25,46 +24,17 @@ from ...modeling.architectures import register_architecture
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
 from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.eagle3_layer import Eagle3InputLayer, mlp_out
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
 from ...utils.hf_compat import cache_kw
-
-PLAIN_LAYER = ("self_attn", "input_layernorm", "post_attention_layernorm", "mlp")
-
-
-def _mlp(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    out = layer.mlp(layer.post_attention_layernorm(h))
-    return out[0] if isinstance(out, tuple) else out  # MoE blocks return (output, router logits)
-
-
-class InputLayer(nn.Module):
-    """Layer 0: attention over [normed embedding, normed features] (2·H wide), the residual on the features."""
-
-    def __init__(self, family_layer: nn.Module, width: int):
-        super().__init__()
-        attn = family_layer.self_attn
-        for name in ("q_proj", "k_proj", "v_proj"):
-            proj = getattr(attn, name, None)
-            if not isinstance(proj, nn.Linear):
-                raise ConfigError(f"P-EAGLE layer 0: {type(attn).__name__} has no separate {name}; choose a draft "
-                                  "family with q/k/v projections (llama or qwen3: what vLLM serves)")
-            setattr(attn, name, nn.Linear(2 * width, proj.out_features, bias=proj.bias is not None))
-        self.self_attn = attn
-        self.mlp = family_layer.mlp
-        self.input_layernorm = family_layer.input_layernorm
-        self.hidden_norm = copy.deepcopy(family_layer.input_layernorm)
-        self.post_attention_layernorm = family_layer.post_attention_layernorm
-
-    def forward(self, emb, hidden, attention_kwargs: dict) -> torch.Tensor:
-        x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
-        hidden = hidden + self.self_attn(hidden_states=x, **attention_kwargs)[0]
-        return hidden + _mlp(self, hidden)
+from ..block_common.model import check_mask_token, require_plain_layers
 
 
 def plain_layer(layer: nn.Module, h: torch.Tensor, attention_kwargs: dict) -> torch.Tensor:
     """Layers ≥ 1: the draft family's pre-norm decoder layer, written out (as vLLM computes it)."""
     h = h + layer.self_attn(hidden_states=layer.input_layernorm(h), **attention_kwargs)[0]
-    return h + _mlp(layer, h)
+    return h + mlp_out(layer, h)
 
 
 @register_architecture("peagle_drafter")
@@ -79,9 +49,7 @@ class PEagleDrafter(DrafterBase):
         width = hf_config.hidden_size
         if not feature_layers:
             raise ConfigError("a P-EAGLE drafter needs its base feature layer ids (data.aux_layer_ids)")
-        if base_vocab_size is not None and not 0 <= mask_token_id < base_vocab_size:
-            raise ConfigError(f"modeling.mask_token_id: expected 0..{base_vocab_size - 1} (a base token id), "
-                              f"got {mask_token_id}")
+        check_mask_token(mask_token_id, base_vocab_size)
         require_own_parts_for_width("P-EAGLE", width, base_hidden_size, base_embed_dim, own_embedding, own_lm_head)
         super().__init__(hf_config, base_hidden_size, base_vocab_size, base_embed_dim, own_embedding, own_lm_head,
                          draft_vocab_size, meta, head_in_features=width, embed_dim=width)
@@ -91,13 +59,9 @@ class PEagleDrafter(DrafterBase):
         # What the mask slots read in place of base features; small, so that fc(mask) starts near a typical g.
         self.mask_hidden = nn.Parameter(torch.randn(1, len(self.feature_layers) * base_hidden_size) * 0.02)
         skeleton = family_stack(hf_config)
-        for layer in skeleton.layers:
-            missing = [n for n in PLAIN_LAYER if not hasattr(layer, n)]
-            if missing or hasattr(layer, "pre_feedforward_layernorm"):
-                raise ConfigError(f"P-EAGLE draft layers need the plain pre-norm layout ({', '.join(PLAIN_LAYER)}); "
-                                  f"{hf_config.model_type} layers differ — choose modeling.draft_family llama or "
-                                  "qwen3 (what vLLM serves)")
-        self.layers = nn.ModuleList([InputLayer(skeleton.layers[0], width), *skeleton.layers[1:]])
+        require_plain_layers(skeleton.layers, hf_config.model_type, "P-EAGLE", "llama or qwen3 (what vLLM serves)")
+        layer0 = Eagle3InputLayer(skeleton.layers[0], width, "P-EAGLE layer 0", "llama or qwen3: what vLLM serves")
+        self.layers = nn.ModuleList([layer0, *skeleton.layers[1:]])
         self.norm = skeleton.norm
         self.rotary_emb = skeleton.rotary_emb
         self._rope_kwargs = rope_kwargs(self.rotary_emb)
@@ -120,7 +84,7 @@ class PEagleDrafter(DrafterBase):
                      "attention_mask": attention_mask, "use_cache": past_key_values is not None,
                      "position_ids": position_ids, **cache_kw(past_key_values),
                      **({"ttt_state": ttt_state} if ttt_state is not None else {})}
-        h = self.layers[0](emb, h, attention)
+        h = self.layers[0](emb, h, **attention)
         for layer in self.layers[1:]:
             h = plain_layer(layer, h, attention)
         return h

@@ -16,7 +16,8 @@ import torch
 from ...algorithms import Algorithm, register
 from ...algorithms.head_loss import fused_head_loss, teacher_once
 from ...algorithms.losses import distribution_loss
-from ...algorithms.unroll import drafter_features, packed, row_layout, shifted, target_mask
+from ...algorithms.unroll import drafter_features, packed, row_layout, target_mask
+from ...evaluation import chain_acceptance
 from ...modeling.feature_layers import default_feature_layers
 from ..block_common.model import default_mask_token
 from .model import build_peagle_drafter
@@ -61,20 +62,10 @@ def peagle_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
 
 @torch.no_grad()
 def simulated_acceptance(drafter, batch: dict, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """evaluation.simulated_acceptance's rule (greedy chain of `depth`, eligibility as there) over P-EAGLE's own
-    steps: the chain's drafts all come from one forward, none reads another."""
-    ids, last, mask = batch["input_ids"], batch["hidden"], batch["loss_mask"]
-    rows = ids.shape[1] - 1
-    t = torch.arange(rows, device=ids.device)
-    eligible_now = shifted(mask, 1, rows).bool() & (t + 1 + depth < ids.shape[1])[None]
-    accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
-    for i, out in parallel_unroll(drafter, drafter_features(drafter, batch), ids, depth):
-        greedy = drafter.base_lm_head(shifted(last, 1 + i, rows).to(drafter.base_lm_head.weight.dtype)).argmax(-1)
-        drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))
-        hit = eligible_now & (drafted == greedy)
-        eligible[i], accepted[i] = int(eligible_now.sum()), int(hit.sum())
-        eligible_now = hit & (shifted(ids, 2 + i, rows) == greedy)
-    return accepted, eligible
+    """evaluation's greedy-chain counting over P-EAGLE's own steps: the chain's drafts all come from one forward,
+    none reads another."""
+    steps = parallel_unroll(drafter, drafter_features(drafter, batch), batch["input_ids"], depth)
+    return chain_acceptance(drafter, batch, depth, steps)
 
 
 def feature_layers(num_layers: int, configured: list) -> list:
