@@ -100,21 +100,14 @@ def test_chain_accepts_what_the_drafter_predicts(trained, base):
 def test_sampling_is_exact(small_vocab_pair, strategy, temperature, top_p, draft):
     """T > 0 through the shared verifier: the joint law of 3 sampled tokens equals base sampling's (exactly
     enumerated, over a 12-token vocabulary), within the noise of a multinomial sample of the same size."""
-    from test_sampling import N_TOKENS, PROMPT, draw_batched, empirical, exact_joint, tv
+    from test_sampling import PROMPT, assert_speculative_sampling_exact
 
     base, _ = small_vocab_pair
     torch.manual_seed(1)
     drafter = get_algorithm("dflash").build(base, ModelingSection(block_size=4), [0], {}, None).eval()
     params = dict(depth=3, top_k=1, total_tokens=3) if strategy == "chain" else dict(depth=3, top_k=3, total_tokens=7)
     sampling = Sampling(temperature, top_p, draft=draft)
-    exact, n = exact_joint(base, sampling), 1500
-    spec = draw_batched(lambda ps, s: speculative_decode_batch(
-        base, drafter, ps, N_TOKENS, set(), **params, sampling=Sampling(s.temperature, s.top_p, s.seed, draft)),
-        n, sampling)
-    gen = torch.Generator().manual_seed(123)
-    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
-                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
-    assert tv(empirical(spec), exact) <= max(noise) * 1.25
+    assert_speculative_sampling_exact(base, drafter, params, sampling)
     runs = [speculative_decode(base, drafter, PROMPT, 12, set(), **params,
                                sampling=Sampling(temperature, top_p, seed=s, draft=draft)) for s in range(10)]
     accepted = [a for r in runs for a in r.accepted]

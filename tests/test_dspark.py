@@ -10,7 +10,7 @@ from specforge_het.families.block_common.train import block_outputs
 from specforge_het.evaluation import simulated_acceptance
 from specforge_het.config.schema import AlgorithmSection, ConfigError, ModelingSection
 from specforge_het.inference.accept import Sampling
-from specforge_het.inference.engine import base_decode, speculative_decode, speculative_decode_batch
+from specforge_het.inference.engine import base_decode, speculative_decode
 from specforge_het.modeling.drafter_base import load_drafter
 from specforge_het.families.dspark.model import cut_depth
 
@@ -129,7 +129,7 @@ def test_cut_depth(rows, depth, cut, seed):
 def test_sampling_is_exact(small_vocab_pair, strategy, cut):
     """T = 1 through the shared verifier with a strong random Markov head (q of slot i depends on slot i−1's
     draw) and the cut: the joint law of 3 sampled tokens equals base sampling's, within multinomial noise."""
-    from test_sampling import N_TOKENS, draw_batched, empirical, exact_joint, tv
+    from test_sampling import assert_speculative_sampling_exact
 
     base, _ = small_vocab_pair
     torch.manual_seed(1)
@@ -140,13 +140,7 @@ def test_sampling_is_exact(small_vocab_pair, strategy, cut):
         drafter.confidence_head.proj.bias.fill_(0.5)
     params = dict(depth=3, top_k=1, total_tokens=3) if strategy == "chain" else dict(depth=3, top_k=3, total_tokens=7)
     sampling = Sampling(1.0, 1.0)
-    exact, n = exact_joint(base, sampling), 1500
-    spec = draw_batched(lambda ps, s: speculative_decode_batch(
-        base, drafter, ps, N_TOKENS, set(), **params, sampling=Sampling(s.temperature, s.top_p, s.seed)), n, sampling)
-    gen = torch.Generator().manual_seed(123)
-    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
-                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
-    assert tv(empirical(spec), exact) <= max(noise) * 1.25
+    assert_speculative_sampling_exact(base, drafter, params, sampling)
 
 
 def test_saved_drafter_round_trip(trained, base, tmp_path):

@@ -130,7 +130,7 @@ def test_batched_equals_base(trained, base):
 @pytest.mark.parametrize("strategy", ["chain", "tree"])
 def test_sampling_is_exact(small_vocab_pair, strategy):
     """T = 1 through the shared verifier: the joint law of 3 sampled tokens equals base sampling's."""
-    from test_sampling import N_TOKENS, draw_batched, empirical, exact_joint, tv
+    from test_sampling import assert_speculative_sampling_exact
 
     base, _ = small_vocab_pair
     torch.manual_seed(1)
@@ -139,13 +139,7 @@ def test_sampling_is_exact(small_vocab_pair, strategy):
         drafter.mask_hidden.normal_(0, 1.0)
     params = dict(depth=3, top_k=1, total_tokens=3) if strategy == "chain" else dict(depth=3, top_k=3, total_tokens=7)
     sampling = Sampling(1.0, 1.0)
-    exact, n = exact_joint(base, sampling), 1500
-    spec = draw_batched(lambda ps, s: speculative_decode_batch(
-        base, drafter, ps, N_TOKENS, set(), **params, sampling=Sampling(s.temperature, s.top_p, s.seed)), n, sampling)
-    gen = torch.Generator().manual_seed(123)
-    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
-                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
-    assert tv(empirical(spec), exact) <= max(noise) * 1.25
+    assert_speculative_sampling_exact(base, drafter, params, sampling)
 
 
 def test_saved_drafter_round_trip(trained, base, tmp_path):

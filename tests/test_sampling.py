@@ -72,6 +72,24 @@ def draw_batched(decode_batch, n: int, sampling: Sampling, rows: int = 250) -> l
     return out[:n]
 
 
+def noise_bound(exact: torch.Tensor, n: int) -> float:
+    """The TV a sample of n draws may show by chance: 1.25 × the largest TV, over 20 tries, of an exact multinomial
+    sample of the same size from the exact joint."""
+    gen = torch.Generator().manual_seed(123)
+    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
+                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
+    return max(noise) * 1.25
+
+
+def assert_speculative_sampling_exact(base, drafter, params: dict, sampling: Sampling, n: int = 1500) -> None:
+    """n speculative draws of N_TOKENS (batched, independent) follow base sampling's exact joint law within noise."""
+    exact = exact_joint(base, sampling)
+    spec = draw_batched(lambda ps, s: speculative_decode_batch(
+        base, drafter, ps, N_TOKENS, set(), **params,
+        sampling=Sampling(s.temperature, s.top_p, s.seed, sampling.draft)), n, sampling)
+    assert tv(empirical(spec), exact) <= noise_bound(exact, n)
+
+
 @pytest.mark.parametrize("strategy,temperature,top_p", [("chain", 0.8, 1.0), ("tree", 1.0, 0.9)])
 def test_speculative_sampling_matches_base_distribution(small_vocab_pair, strategy, temperature, top_p):
     base, drafter = small_vocab_pair
@@ -83,11 +101,7 @@ def test_speculative_sampling_matches_base_distribution(small_vocab_pair, strate
         lambda ps, s: speculative_decode_batch(base, drafter, ps, N_TOKENS, set(), **params, sampling=s), n, sampling)
     plain = draw_batched(lambda ps, s: base_decode_batch(base, ps, N_TOKENS, set(), s), n, sampling)
     tv_spec, tv_plain = tv(empirical(spec), exact), tv(empirical(plain), exact)
-    # Noise scale: the TV of an exact multinomial sample of the same size from the exact joint.
-    gen = torch.Generator().manual_seed(123)
-    noise = [tv(torch.bincount(torch.multinomial(exact, n, replacement=True, generator=gen),
-                               minlength=exact.numel()).float() / n, exact) for _ in range(20)]
-    bound = max(noise) * 1.25
+    bound = noise_bound(exact, n)
     assert tv_plain <= bound, f"base sampling itself is off: TV {tv_plain:.3f} > {bound:.3f}"
     assert tv_spec <= bound, f"speculative {strategy} sampling TV {tv_spec:.3f} > noise bound {bound:.3f}"
     # Power: the same test rejects base sampling at a different temperature.
