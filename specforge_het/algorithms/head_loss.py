@@ -103,3 +103,18 @@ def fused_head_loss(features: torch.Tensor, head: torch.nn.Module, teacher: torc
     step = rows_per_chunk or chunk_rows(head.weight.shape[0])
     return _FusedHeadLoss.apply(features, head.weight, head.bias, teacher.detach(), loss_weight.detach(),
                                 metric_mask, divergence, step)
+
+
+def ttt_step_terms(drafter, out: torch.Tensor, teacher: torch.Tensor, in_vocab: torch.Tensor,
+                   step_mask: torch.Tensor, i: int, n: int, divergence) -> tuple[torch.Tensor, ...]:
+    """One step of a training-time-test unroll (EAGLE-3, P-EAGLE) over its first `n` rows: step i at row t is
+    scored against the teacher's row t + 1 + i. step_mask [B, ≥n]: the rows trained at this step. Returns the sums a
+    step's loss and metrics are made of — (loss sum, weight sum, top-1 hits, rows trained) — the weight being the
+    mask where the base's top token is in the draft vocabulary; summed as they are so sequence parallelism can
+    all-reduce them before dividing."""
+    m = step_mask[:, :n].to(drafter.fc.weight.dtype)
+    inside = in_vocab[:, 1 + i:1 + i + n]
+    weight = m * inside.to(m.dtype)
+    loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:1 + i + n],
+                                     weight, m, divergence)
+    return loss_sum, weight.sum(), (hits & inside).to(m.dtype).sum(), m.sum()

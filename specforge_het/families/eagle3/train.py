@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...algorithms import Algorithm, register
-from ...algorithms.head_loss import fused_head_loss, teacher_once
+from ...algorithms.head_loss import teacher_once, ttt_step_terms
 from ...algorithms.losses import distribution_loss, masked_mean, top1_hits
 from ...algorithms.unroll import drafter_features, packed, shifted, target_mask, unroll
 from ...config.errors import ConfigError
@@ -33,7 +33,6 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True, sp=None) -> tu
         return eagle3_loss_per_step(drafter, batch, alg, training)
     ids, last = batch["input_ids"], batch["hidden"]
     rows = ids.shape[1] - 1
-    dtype = drafter.fc.weight.dtype
     if sp is None:
         start, count = 0, rows
     else:  # my rows' teacher: targets reach `ttt_length` rows past my last row
@@ -44,12 +43,9 @@ def eagle3_loss(drafter, batch: dict, alg, training: bool = True, sp=None) -> tu
     metrics, divergence = {}, distribution_loss(alg.loss)
     for i, out in unroll(drafter, drafter_features(drafter, batch), ids, alg.ttt_length, packed(batch), sp):
         n = min(count, teacher.shape[1] - 1 - i)  # rows whose step-i target (row t + 1 + i) exists
-        m = shifted(target_mask(batch, 1 + i, rows), start, count)[:, :n].to(dtype)
-        inside = in_vocab[:, 1 + i:1 + i + n]
-        weight = m * inside.to(dtype)
-        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:1 + i + n],
-                                         weight, m, divergence)
-        stats = [weight.sum(), (hits & inside).to(dtype).sum(), m.sum(), loss_sum.detach()]
+        step_mask = shifted(target_mask(batch, 1 + i, rows), start, count)
+        loss_sum, *stats = ttt_step_terms(drafter, out, teacher, in_vocab, step_mask, i, n, divergence)
+        stats.append(loss_sum.detach())
         weight_sum, hit_count, trained, group_loss = stats if sp is None else sp.sum(*stats)  # one all-reduce
         ploss = loss_sum / weight_sum.clamp_min(1.0)  # masked_mean over the full rows (the group's, under sp)
         total = total + alg.ttt_decay ** i * ploss

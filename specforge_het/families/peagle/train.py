@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ...algorithms import Algorithm, register
-from ...algorithms.head_loss import fused_head_loss, teacher_once
+from ...algorithms.head_loss import teacher_once, ttt_step_terms
 from ...algorithms.losses import distribution_loss
 from ...algorithms.unroll import drafter_features, packed, row_layout, target_mask
 from ...evaluation import chain_acceptance
@@ -39,7 +39,6 @@ def parallel_unroll(drafter, features: torch.Tensor, input_ids: torch.Tensor, st
 def peagle_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch.Tensor, dict]:
     ids, last = batch["input_ids"], batch["hidden"]
     rows = ids.shape[1] - 1
-    dtype = drafter.fc.weight.dtype
     teacher, in_vocab = teacher_once(drafter, last)
     total = torch.zeros((), device=ids.device)
     metrics, divergence = {}, distribution_loss(alg.loss)
@@ -48,14 +47,11 @@ def peagle_loss(drafter, batch: dict, alg, training: bool = True) -> tuple[torch
         n = teacher.shape[1] - 1 - i  # rows whose step-i target (row t + 1 + i) exists
         if n <= 0:
             break
-        m = target_mask(batch, 1 + i, rows)[:, :n].to(dtype)
-        inside = in_vocab[:, 1 + i:1 + i + n]
-        weight = m * inside.to(dtype)
-        loss_sum, hits = fused_head_loss(drafter.head_input(out[:, :n]), drafter.head, teacher[:, 1 + i:1 + i + n],
-                                         weight, m, divergence)
-        total = total + alg.ttt_decay ** i * loss_sum / weight.sum().clamp_min(1.0)
-        metrics[f"acc_{i}"] = (hits & inside).to(dtype).sum() / m.sum().clamp_min(1.0)
-        metrics[f"ploss_{i}"] = loss_sum.detach() / weight.sum().clamp_min(1.0)
+        loss_sum, weight_sum, hit_count, trained = ttt_step_terms(drafter, out, teacher, in_vocab,
+                                                                  target_mask(batch, 1 + i, rows), i, n, divergence)
+        total = total + alg.ttt_decay ** i * loss_sum / weight_sum.clamp_min(1.0)
+        metrics[f"acc_{i}"] = hit_count / trained.clamp_min(1.0)
+        metrics[f"ploss_{i}"] = loss_sum.detach() / weight_sum.clamp_min(1.0)
     metrics["acc"] = metrics["acc_0"]
     return total, metrics
 
