@@ -107,7 +107,7 @@ def test_cli_reference_is_current():
     assert OUT.read_text() == render()
 
 
-BENCH_WITH_OPTIONS = ["forced_acceptance", "iteration_cost", "packing", "peer_train", "sequence_parallel",
+BENCH_WITH_OPTIONS = ["families", "forced_acceptance", "iteration_cost", "packing", "peer_train", "sequence_parallel",
                       "train_speed", "ttt_memory", "variants", "plugins"]
 
 
