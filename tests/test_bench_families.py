@@ -43,8 +43,8 @@ def test_table_cells_come_from_each_runs_reports(tmp_path):
           {"provenance": SOURCE, "dtype": "bfloat16",
            "rows": [benchmark_row("mt_bench", "chain", 1.61, 1.08), benchmark_row("mt_bench", "tree", 2.02, 1.24)]})
     serving = {"provenance": {**SOURCE, "command": "python -m specforge_het.bench.serving"}, "dtype": "float32",
-               "rows": [{"drafter": str(a), "temperature": 0, "tau_vllm": 1.55, "tau_ours": 1.55, "parity": True,
-                         "vllm_identical": 10, "ours_identical": 10, "vllm_base_tok_s": 40.0,
+               "rows": [{"drafter": str(a), "depth": 7, "temperature": 0, "tau_vllm": 1.55, "tau_ours": 1.55,
+                         "parity": True, "vllm_identical": 10, "ours_identical": 10, "vllm_base_tok_s": 40.0,
                          "vllm_spec_tok_s": 46.0},
                         {"drafter": str(b), "temperature": 0, "tau_vllm": 9.0}]}  # another drafter's row
     write(a / "serving" / "serving.json", serving)
@@ -56,7 +56,7 @@ def test_table_cells_come_from_each_runs_reports(tmp_path):
     assert "| eagle2 | `" in text and "| 1.71 |" in text
     assert ("| dflash | mt_bench | tree (d4, k4, n12) | bfloat16 | 2.02 | 32.3 → 40.0 | 1.24× | 1.63 | "
             "7/10 (+3 near-ties) |") in text
-    assert "| dflash | 0 | float32 | 1.55 | 1.55 | yes | 10 / 10 | 40 → 46 (1.15×) |" in text
+    assert "| dflash | 7 | 0 | float32 | 1.55 | 1.55 | yes | 10 / 10 | 40 → 46 (1.15×) |" in text
     assert "9.00" not in text  # b has no serving report of its own: the other folder's rows are not its
     assert [r["family"] for r in saved["decoder"]] == ["dflash", "dflash"] and len(saved["serving"]) == 1
     assert text.count("Produced by") == 3 and "commit abc1234567" in text  # this table + its two source runs

@@ -59,8 +59,8 @@ def decoder_rows(report: Optional[dict], family: str) -> list[dict]:
 
 def serving_rows(report: Optional[dict], drafter: Path, family: str) -> list[dict]:
     """The rows of a bench.serving report that served this drafter."""
-    keys = ("temperature", "tau_vllm", "tau_ours", "parity", "vllm_identical", "ours_identical", "vllm_base_tok_s",
-            "vllm_spec_tok_s")
+    keys = ("depth", "temperature", "tau_vllm", "tau_ours", "parity", "vllm_identical", "ours_identical",
+            "vllm_base_tok_s", "vllm_spec_tok_s")
     return [{"family": family, "dtype": report.get("dtype"), **{k: row.get(k) for k in keys}}
             for row in (report or {}).get("rows", []) if Path(row.get("drafter", "")) == drafter]
 
@@ -94,14 +94,15 @@ def decoder_table(rows: list[dict]) -> str:
 
 
 def serving_table(rows: list[dict]) -> str:
-    lines = ["| family | T | dtype | τ vLLM | τ ours (same drafts) | parity | identical vLLM / ours | "
-             "vLLM tok/s base → spec |", "|---|---:|---|---:|---:|---|---|---|"]
+    lines = ["| family | drafts | T | dtype | τ vLLM | τ ours (same drafts) | parity | identical vLLM / ours | "
+             "vLLM tok/s base → spec |", "|---|---:|---:|---|---:|---:|---|---|---|"]
     for r in rows:
         base, spec = r["vllm_base_tok_s"], r["vllm_spec_tok_s"]
         speed = DASH if not (base and spec) else f"{base:.0f} → {spec:.0f} ({spec / base:.2f}×)"
         identical = ("sampled" if r["temperature"] else f"{r['vllm_identical']} / {r['ours_identical']}")
         parity = DASH if r["parity"] is None else ("yes" if r["parity"] else "**no**")
-        lines.append(f"| {r['family']} | {r['temperature']} | {r['dtype']} | {fmt(r['tau_vllm'])} | "
+        lines.append(f"| {r['family']} | {fmt(r['depth'], 'd')} | {r['temperature']} | {r['dtype']} | "
+                     f"{fmt(r['tau_vllm'])} | "
                      f"{fmt(r['tau_ours'])} | {parity} | {identical} | {speed} |")
     return "\n".join(lines)
 

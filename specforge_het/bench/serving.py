@@ -79,10 +79,16 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
     hot = b.sampling_temperature
     runs = [{"name": "base@0", "speculative_config": None, "temperature": 0.0},
             {"name": "base@1", "speculative_config": None, "temperature": hot}]
+    depths = {d: depth for d in drafters}
     for d in drafters:
         v = exports[d]["vllm"]
         if isinstance(v, Path):  # export_for has just written it, with the --speculative-config to pass
-            spec = {**json.loads((v / "speculative_config.json").read_text()), "num_speculative_tokens": depth}
+            spec = json.loads((v / "speculative_config.json").read_text())
+            depths[d] = spec["num_speculative_tokens"]  # a block drafter's is its trained block − 1
+            if depths[d] != depth:
+                log.info(f"bench.serving: {d} drafts {depths[d]} tokens per step (its trained block − 1: vLLM runs "
+                         f"blocks of num_speculative_tokens + 1), in vLLM and in our decoder; inference.depth "
+                         f"{depth} is for the others")
             runs += [{"name": f"{d}@0", "speculative_config": spec, "temperature": 0.0},
                      {"name": f"{d}@1", "speculative_config": spec, "temperature": hot}]
     for r in runs:
@@ -101,13 +107,14 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
             f"{sg['checked']} params equal" if not sg.get("error") and not sg["problems"] else "FAILED")
         for t in (0, 1):
             e = engine.get(f"{d}@{t}")
-            ours = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth,
+            ours = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depths[d],
                                    Sampling(hot if t else 0.0, 1.0, inf.seed, draft="greedy"))
-            row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "temperature": hot if t else 0,
+            row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "depth": depths[d],
+                   "temperature": hot if t else 0,
                    "tau_ours": acceptance(ours["metrics"])["tau"], "sglang_load_weights": sg_text,
                    "ours_identical": sum(o == r for o, r in zip(ours["outputs"], refs)) if t == 0 else None}
             if t == 1:  # our decoder's own sampling: drafts drawn from q
-                sampled = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depth, Sampling(hot))
+                sampled = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depths[d], Sampling(hot))
                 row["tau_ours_sampled_drafts"] = acceptance(sampled["metrics"])["tau"]
             if e is None or e.get("error"):
                 row["vllm"] = exports[d]["vllm"] if e is None else e["error"]
@@ -132,9 +139,10 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
 def table(rows: list[dict], n: int, depth: int, dtype: str = "float32") -> str:
     note = "" if dtype == "float32" else (" (our decoder in its base dtype: parity not checked across dtypes; "
                                           "vLLM's greedy output is compared with vLLM's own base-only output)")
-    lines = [f"Chain of {depth}, {n} prompts, one request at a time, vLLM in {dtype} on CPU{note}.", "",
-             "| drafter | T | τ vLLM | τ ours (same drafts) | τ ours (drafts ~ q) | parity | identical vLLM / ours "
-             "| vLLM tok/s base → spec | SGLang load_weights |", "|---|---:|---:|---:|---:|---|---|---|---|"]
+    lines = [f"A chain of drafts ({depth} unless a row says otherwise: a block drafter drafts its trained block − 1), "
+             f"{n} prompts, one request at a time, vLLM in {dtype} on CPU{note}.", "",
+             "| drafter | drafts | T | τ vLLM | τ ours (same drafts) | τ ours (drafts ~ q) | parity | identical vLLM / "
+             "ours | vLLM tok/s base → spec | SGLang load_weights |", "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
     for r in rows:
         if "tau_vllm" in r:
             vllm = (f"{r['tau_vllm']:.2f}", "–" if r["parity"] is None else "yes" if r["parity"] else "NO",
@@ -145,7 +153,8 @@ def table(rows: list[dict], n: int, depth: int, dtype: str = "float32") -> str:
         ident = f"{r['vllm_identical'] if r.get('vllm_identical') is not None else '–'} / " \
                 f"{r['ours_identical']}" if r["temperature"] == 0 else "sampled"
         sampled = f"{r['tau_ours_sampled_drafts']:.2f}" if "tau_ours_sampled_drafts" in r else "–"
-        lines.append(f"| {Path(r['drafter']).name} ({r['algorithm']}) | {r['temperature']} | {vllm[0]} "
+        lines.append(f"| {Path(r['drafter']).name} ({r['algorithm']}) | {r.get('depth', depth)} | {r['temperature']} "
+                     f"| {vllm[0]} "
                      f"| {r['tau_ours']:.2f} | {sampled} | {vllm[1]} | {ident} | {vllm[2]} "
                      f"| {r['sglang_load_weights']} |")
     return "\n".join(lines)
