@@ -302,6 +302,13 @@ def test_batched_inference_and_question_file_benchmark(trained, tmp_path):
     table = (tmp_path / "bench" / "summary.md").read_text()
     assert "| mt_bench | tree |" in table and (tmp_path / "bench" / "resolved_config.json").is_file()
 
+    shapes = copy.deepcopy(cfg)  # benchmark.shapes: these shapes instead of the strategies, one row each
+    shapes.benchmark.humaneval = shapes.benchmark.gsm8k = None
+    shapes.benchmark.shapes, shapes.benchmark.output_dir = ["chain:2", "tree:2:3:5"], str(tmp_path / "shapes")
+    report = benchmark.run(shapes, [])
+    assert report["lossless"] and [(r["strategy"], r["depth"], r["top_k"], r["total_tokens"], r["identical"])
+                                   for r in report["rows"]] == [("chain:2", 2, 1, 2, 6), ("tree:2:3:5", 2, 3, 5, 6)]
+
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "turns": "not a list"}\n')
     cfg.benchmark.mt_bench = str(tmp_path / "bad.jsonl")
     with pytest.raises(ConfigError, match=r"bad.jsonl:1: a mt_bench row needs 'turns'"):

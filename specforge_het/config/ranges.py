@@ -80,11 +80,19 @@ def _check_layer_list(value, where: str) -> None:
         raise ConfigError(f"config key {where}: layer ids are 0-based block indices (>= 0), got {value!r}")
 
 
+def _check_shapes(value, where: str) -> None:
+    from ..inference.strategies import parse_shape  # the one parser of the shape syntax
+
+    for text in value or []:
+        parse_shape(text)
+
+
 # Keys whose valid values need more than a type and a range.
 VALIDATORS: dict[str, typing.Callable[[Any, str], None]] = {
     "data.ds_range": _check_ds_range,
     "data.aux_layer_ids": _check_layer_list,
     "export.feature_layers": _check_layer_list,
+    "benchmark.shapes": _check_shapes,
 }
 
 

@@ -214,6 +214,9 @@ class BenchmarkSection:
     # leave out questions that share text (an 8-word n-gram) with data.conversations / data.regenerate_to
     exclude_training: bool = False
     output_dir: str = "output/demo/benchmark"
+    # proposal shapes decoded instead of inference.strategy's, one row each: 'chain:DEPTH' or
+    # 'tree:DEPTH:TOP_K:NODES' (e.g. ['chain:2', 'tree:3:4:10']); base-only is decoded once for all of them
+    shapes: list[str] = field(default_factory=list)
     sampling_temperature: float = 1.0  # bench.serving: the temperature of its sampled rows (beside greedy)
     # bench.serving: the dtype vLLM serves in. bfloat16 is faster on AMX / AVX512-BF16 CPUs; our reference decoder
     # stays in base.dtype, so per-position parity is checked in float32 only (bf16 rounds differently).

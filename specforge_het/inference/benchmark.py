@@ -4,11 +4,12 @@ table (τ, tokens/s, speedup, iteration ÷ base step, peak memory) like SpecExec
 
     python -m specforge_het.inference.benchmark --@demo --@eagle2 [--benchmark.max_samples 10]
         [--benchmark.mt_bench question.jsonl] [--benchmark.humaneval HumanEval.jsonl.gz] [--benchmark.gsm8k test.jsonl]
-        [--inference.strategy all] [--inference.batch_size 4]
+        [--inference.strategy all] [--inference.batch_size 4] [--benchmark.shapes "['chain:2','tree:3:4:10']"]
 
-MT-bench questions are answered turn by turn: turn 2's prompt holds the question, each decoder's own answer to
-turn 1 (identical under greedy decoding), and the second question. Writes benchmark.json, summary.md and
-acceptance.png into benchmark.output_dir, with the resolved config.
+`benchmark.shapes` decodes the listed proposal shapes instead of inference.strategy's (base-only once for all): the
+way to find the shape a drafter pays most with on a machine. MT-bench questions are answered turn by turn: turn 2's
+prompt holds the question, each decoder's own answer to turn 1 (identical under greedy decoding), and the second
+question. Writes benchmark.json, summary.md and acceptance.png into benchmark.output_dir, with the resolved config.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..utils.io import atomic_write_json, atomic_write_text, read_text
 from .divergence import check_outputs
 from .engine import base_decode_batch
 from .measure import PeakMemory, decode_batches, load_pair, summarise, write_acceptance_png
-from .strategies import eos_ids, resolve_strategies, strategy_params
+from .strategies import eos_ids, shape_plan
 
 # file kind → (the field each row must hold, whether it is a list of user turns / one user turn / raw text)
 
@@ -126,7 +127,7 @@ def decode_task(task: Task, tokenizer, decode, batch_size: int, desc: str) -> li
 
 def run(cfg: RunConfig, presets: list[str]) -> dict:
     inf, b = cfg.inference, cfg.benchmark
-    strategies = resolve_strategies(inf.strategy)
+    plan = shape_plan(cfg)
     tasks = tasks_of(cfg)
     base, speculate, sampling = load_pair(cfg)
     eos = eos_ids(base)
@@ -142,7 +143,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
 
     warm = [tok("def f():", add_special_tokens=True)["input_ids"]]
     base_dec(warm)
-    spec_dec(strategy_params(cfg, strategies[0]))(warm)
+    spec_dec(plan[0][1])(warm)
     report = {"provenance": provenance("inference.benchmark"), "base": cfg.base.model_name_or_path,
               "drafter": speculate.name(inf.drafter_path),
               "proposer": getattr(speculate.drafter, "PROPOSER", "tree") if speculate.drafter is not None else None,
@@ -154,8 +155,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
         with PeakMemory(base.device) as base_mem:
             base_res = decode_task(task, tok, base_dec, inf.batch_size, f"{task.name} base-only")
         base_flat = [r for q in base_res for r in q]
-        for s in strategies:
-            params = strategy_params(cfg, s)
+        for s, params in plan:
             with PeakMemory(base.device) as mem:
                 spec_res = decode_task(task, tok, spec_dec(params), inf.batch_size, f"{task.name} {s}")
             flat = [r for q in spec_res for r in q]

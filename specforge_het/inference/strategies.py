@@ -27,6 +27,31 @@ def strategy_params(cfg: RunConfig, name: str) -> dict:
     return {"depth": inf.depth, "top_k": inf.top_k, "total_tokens": inf.total_tokens}
 
 
+def parse_shape(text: str) -> tuple[str, dict]:
+    """A proposal shape written `chain:D` (D drafts in a row) or `tree:D:K:N` (depth D, top-K children, N nodes
+    verified) → (strategy, the decoder's parameters)."""
+    parts = str(text).split(":")
+    ok = (parts[0] == "chain" and len(parts) == 2) or (parts[0] == "tree" and len(parts) == 4)
+    try:
+        numbers = [int(p) for p in parts[1:]] if ok else []
+    except ValueError:
+        ok = False
+    if not ok or min(numbers) < 1:
+        raise ConfigError(f"benchmark.shapes: expected 'chain:DEPTH' or 'tree:DEPTH:TOP_K:NODES' (positive "
+                          f"integers), got {text!r}")
+    if parts[0] == "chain":
+        return "chain", {"depth": numbers[0], "top_k": 1, "total_tokens": numbers[0]}
+    return "tree", {"depth": numbers[0], "top_k": numbers[1], "total_tokens": numbers[2]}
+
+
+def shape_plan(cfg: RunConfig) -> list[tuple[str, dict]]:
+    """What a benchmark decodes: benchmark.shapes when set (each its own row), else inference.strategy's strategies
+    with inference.depth / top_k / total_tokens → [(label, decoder parameters)]."""
+    if cfg.benchmark.shapes:
+        return [(str(text), parse_shape(text)[1]) for text in cfg.benchmark.shapes]
+    return [(s, strategy_params(cfg, s)) for s in resolve_strategies(cfg.inference.strategy)]
+
+
 def eos_ids(base) -> set[int]:
     eos = base.model.generation_config.eos_token_id
     if eos is None:
