@@ -26,7 +26,7 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.feature_layers import default_feature_layers
 from ...modeling.masks import additive_mask
@@ -118,7 +118,7 @@ class BlockDrafter(DrafterBase):
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         head = self.lm_head if self.own_lm_head else self.base_lm_head
-        return head(outputs.to(head.weight.dtype))
+        return apply_head(head, outputs)
 
     def greedy_block(self, outputs: torch.Tensor, anchor_ids: torch.Tensor) -> torch.Tensor:
         """Greedy drafts of block slots: outputs [..., D, H] → draft ids [..., D] (each slot's top token)."""

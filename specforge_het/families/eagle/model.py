@@ -19,7 +19,7 @@ from torch import nn
 
 from ...modeling.architectures import register_architecture
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
 from ...utils.hf_compat import cache_kw
@@ -80,7 +80,7 @@ class EagleDrafter(DrafterBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits of (base-width) features."""
         head = self.lm_head if self.own_lm_head else self.base_lm_head
-        return head(features.to(head.weight.dtype))
+        return apply_head(head, features)
 
 
 def build_drafter(base, draft_layers: int = 1, overrides: Optional[dict] = None, meta: Optional[dict] = None,

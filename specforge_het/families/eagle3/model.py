@@ -21,7 +21,7 @@ from ...config.errors import ConfigError
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
 from ...modeling.eagle3_layer import Eagle3InputLayer
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
@@ -104,7 +104,7 @@ class Eagle3Drafter(DrafterBase):
         return outputs if self.norm_output else self.norm(outputs)
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_input(outputs).to(self.head.weight.dtype))
+        return apply_head(self.head, self.head_input(outputs))
 
 
 def build_eagle3_drafter(base, feature_layers: list[int], overrides: Optional[dict] = None, meta: Optional[dict] = None,

@@ -23,7 +23,7 @@ from ...config.errors import ConfigError
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
 from ...modeling.eagle3_layer import Eagle3InputLayer, mlp_out
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
@@ -108,7 +108,7 @@ class PEagleDrafter(DrafterBase):
         return self.norm(outputs)
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_input(outputs).to(self.head.weight.dtype))
+        return apply_head(self.head, self.head_input(outputs))
 
 
 def build_peagle_drafter(base, feature_layers: list[int], mask_token_id: int, overrides: Optional[dict] = None,
