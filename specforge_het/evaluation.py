@@ -13,6 +13,7 @@ import torch
 
 from .algorithms import ALGORITHMS
 from .algorithms.unroll import drafter_features, shifted, unroll
+from .modeling.head import apply_head
 from .utils.io import atomic_write, atomic_write_text
 
 
@@ -49,7 +50,7 @@ def chain_acceptance(drafter, batch: dict, depth: int, steps) -> tuple[torch.Ten
     eligible_now = shifted(mask, 1, rows).bool() & (t + 1 + depth < ids.shape[1])[None]
     accepted, eligible = torch.zeros(depth, dtype=torch.long), torch.zeros(depth, dtype=torch.long)
     for i, out in steps:
-        greedy = drafter.base_lm_head(shifted(last, 1 + i, rows).to(drafter.base_lm_head.weight.dtype)).argmax(-1)
+        greedy = apply_head(drafter.base_lm_head, shifted(last, 1 + i, rows)).argmax(-1)
         drafted = drafter.draft_to_target(drafter.logits(out).argmax(-1))
         hit = eligible_now & (drafted == greedy)
         eligible[i], accepted[i] = int(eligible_now.sum()), int(hit.sum())

@@ -1,11 +1,11 @@
-"""modeling.drafter_base.apply_head: a drafter's head over slices of longer sequences, flattened to rows first so
+"""modeling.head.apply_head: a drafter's head over slices of longer sequences, flattened to rows first so
 torch.matmul never falls back to a batched matmul that copies the head's weight on every call."""
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
-from specforge_het.modeling.drafter_base import apply_head
+from specforge_het.modeling.head import apply_head
 
 
 @settings(max_examples=25, deadline=None)

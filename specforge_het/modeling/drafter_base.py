@@ -107,15 +107,6 @@ class DrafterBase(DraftVocabMixin, CheckpointMixin, nn.Module):
         return self
 
 
-def apply_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """head(features) over rows flattened to 2-D first. torch.matmul folds a 3-D input into one matrix only when its
-    leading dimensions are contiguous or the weight requires grad; a slice of a longer sequence ([B, D, H] out of
-    [B, L, H]) through a frozen head (the base's, shared) instead runs a batched matmul over the weight expanded and
-    copied on every call: 28M elements for SmolLM2's 49k × 576 head, ~120 ms where a whole base step takes ~25 ms."""
-    rows = features.to(head.weight.dtype).reshape(-1, features.shape[-1])
-    return head(rows).view(*features.shape[:-1], -1)
-
-
 def build_for_base(cls, base, hf_config, meta: Optional[dict], own_embedding: bool, own_lm_head: bool,
                    draft_vocab: Optional[torch.Tensor], **extra) -> DrafterBase:
     """A fresh drafter of class `cls` for a FrozenBase: reduced vocabulary set, base attached, own embedding and

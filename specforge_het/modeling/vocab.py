@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config.errors import ConfigError
+from .head import apply_head
 
 
 def target_token_counts(dataset, vocab_size: int) -> torch.Tensor:
@@ -83,7 +84,7 @@ class DraftVocabMixin:
     def target_logits(self, base_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training targets: the base's logits of its own (last-layer) features, restricted to the draft vocabulary,
         and whether the base's top token is in that vocabulary (positions where it is not cannot be learned)."""
-        full = self.base_lm_head(base_features.to(self.base_lm_head.weight.dtype))
+        full = apply_head(self.base_lm_head, base_features)
         if not self.reduced_vocab:
             return full, torch.ones(full.shape[:-1], dtype=torch.bool, device=full.device)
         return full[..., self.t2d], self.t2d[full.argmax(-1)]

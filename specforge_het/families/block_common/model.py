@@ -26,7 +26,8 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.head import apply_head
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.feature_layers import default_feature_layers
 from ...modeling.masks import additive_mask

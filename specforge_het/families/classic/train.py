@@ -15,6 +15,7 @@ from ...algorithms import Algorithm, register
 from ...algorithms.losses import distribution_loss, masked_mean
 from ...algorithms.unroll import packed, target_mask
 from ...config.errors import ConfigError
+from ...modeling.head import apply_head
 from .cross_vocab import build_cross_vocab_drafter
 from .model import build_classic_drafter, own_tokenizer
 
@@ -26,7 +27,7 @@ def classic_draft_loss(drafter, batch: dict, alg, training: bool = True) -> tupl
     logits = drafter.token_logits(ids[:, :-1], packed(batch)).float()
     m = target_mask(batch, 1, ids.shape[1] - 1).float()
     with torch.no_grad():
-        base_logits = drafter.base_lm_head(last[:, :-1].to(drafter.base_lm_head.weight.dtype)).float()
+        base_logits = apply_head(drafter.base_lm_head, last[:, :-1]).float()
     return distil(logits, base_logits, ids[:, 1:], m, m, alg)
 
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from ...modeling.architectures import register_architecture
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.head import apply_head
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
 from ...utils.hf_compat import cache_kw

@@ -21,7 +21,8 @@ from ...config.errors import ConfigError
 from ...modeling.architectures import register_architecture
 from ...modeling.compat import require_own_parts_for_width
 from ...modeling.draft_config import draft_hf_config
-from ...modeling.drafter_base import DrafterBase, apply_head, build_for_base
+from ...modeling.drafter_base import DrafterBase, build_for_base
+from ...modeling.head import apply_head
 from ...modeling.eagle3_layer import Eagle3InputLayer
 from ...modeling.family import family_stack, rope_kwargs
 from ...modeling.masks import causal_mask
