@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "specforge_het"
 # "=name" matches that module only (a package whose __init__ holds no code of its layer's kind).
 LAYERS = [
     ("foundation", ["=specforge_het", "specforge_het.registry", "specforge_het.config.errors",
-                    "specforge_het.config.ranges", "specforge_het.config.types",
+                    "specforge_het.config.ranges", "specforge_het.config.shapes", "specforge_het.config.types",
                     "specforge_het.config.options", "specforge_het.config.schema", "specforge_het.config.presets",
                     "=specforge_het.config", "specforge_het.utils", "=specforge_het.inference",
                     "=specforge_het.export"]),

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specforge_het.config import ConfigError, resolve_config
-from specforge_het.inference.strategies import parse_shape, shape_plan
+from specforge_het.config.shapes import parse_shape
+from specforge_het.inference.strategies import shape_plan
 
 positive = st.integers(1, 64)
 

@@ -81,7 +81,7 @@ def _check_layer_list(value, where: str) -> None:
 
 
 def _check_shapes(value, where: str) -> None:
-    from ..inference.strategies import parse_shape  # the one parser of the shape syntax
+    from .shapes import parse_shape
 
     for text in value or []:
         parse_shape(text)

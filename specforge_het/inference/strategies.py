@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config.errors import ConfigError
 from ..config.schema import RunConfig
+from ..config.shapes import parse_shape
 
 STRATEGIES = ("chain", "tree", "budget")
 GROUPS = {"both": ("chain", "tree"), "all": STRATEGIES}
@@ -25,23 +26,6 @@ def strategy_params(cfg: RunConfig, name: str) -> dict:
     if name == "budget":  # SpecExec-style: best-first over the whole pool, `budget` nodes verified per step
         return {"depth": inf.budget_rounds, "top_k": inf.top_k, "total_tokens": inf.budget, "best_first": True}
     return {"depth": inf.depth, "top_k": inf.top_k, "total_tokens": inf.total_tokens}
-
-
-def parse_shape(text: str) -> tuple[str, dict]:
-    """A proposal shape written `chain:D` (D drafts in a row) or `tree:D:K:N` (depth D, top-K children, N nodes
-    verified) → (strategy, the decoder's parameters)."""
-    parts = str(text).split(":")
-    ok = (parts[0] == "chain" and len(parts) == 2) or (parts[0] == "tree" and len(parts) == 4)
-    try:
-        numbers = [int(p) for p in parts[1:]] if ok else []
-    except ValueError:
-        ok = False
-    if not ok or min(numbers) < 1:
-        raise ConfigError(f"benchmark.shapes: expected 'chain:DEPTH' or 'tree:DEPTH:TOP_K:NODES' (positive "
-                          f"integers), got {text!r}")
-    if parts[0] == "chain":
-        return "chain", {"depth": numbers[0], "top_k": 1, "total_tokens": numbers[0]}
-    return "tree", {"depth": numbers[0], "top_k": numbers[1], "total_tokens": numbers[2]}
 
 
 def shape_plan(cfg: RunConfig) -> list[tuple[str, dict]]:
