@@ -49,7 +49,8 @@ def test_table_cells_come_from_each_runs_reports(tmp_path):
                         {"drafter": str(b), "temperature": 0, "tau_vllm": 9.0}]}  # another drafter's row
     write(a / "serving" / "serving.json", serving)
     out = tmp_path / "table"
-    families.main(["--bench.drafters", f"{a},{b}", "--bench.benchmark", "benchmark_bf16", "--bench.out", str(out)])
+    argv = ["--bench.drafters", f"{a},{b}", "--bench.benchmark", "rerun,benchmark_bf16", "--bench.out", str(out)]
+    families.main(argv)
     text = out.with_suffix(".md").read_text()
     saved = json.loads(out.with_suffix(".json").read_text())
     assert "| dflash | `" in text and "| 0.0M | 25 min | 400 (2.5) | 1.93 |" in text  # 12 weights; d2t not counted
@@ -61,6 +62,12 @@ def test_table_cells_come_from_each_runs_reports(tmp_path):
     assert [r["family"] for r in saved["decoder"]] == ["dflash", "dflash"] and len(saved["serving"]) == 1
     assert text.count("Produced by") == 3 and "commit abc1234567" in text  # this table + its two source runs
     assert saved["training"][1]["params"] == 12
+
+    write(a / "rerun" / "benchmark.json", {"provenance": SOURCE, "dtype": "bfloat16",
+                                           "rows": [benchmark_row("mt_bench", "chain", 1.77, 1.31)]})
+    families.main(argv)
+    text = out.with_suffix(".md").read_text()
+    assert "| 1.77 |" in text and "2.02" not in text  # the first subfolder that holds a report wins
 
 
 def test_missing_folder_is_one_line(tmp_path):

@@ -65,6 +65,12 @@ def serving_rows(report: Optional[dict], drafter: Path, family: str) -> list[dic
             for row in (report or {}).get("rows", []) if Path(row.get("drafter", "")) == drafter]
 
 
+def first_report(drafter: Path, subfolders: str, name: str) -> Path:
+    """drafter/SUB/name for the first of the comma-separated subfolders that holds one (else the first's path)."""
+    paths = [drafter / sub / name for sub in subfolders.split(",") if sub]
+    return next((p for p in paths if p.is_file()), paths[0] if paths else drafter / name)
+
+
 def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     return DASH if value is None else f"{value:{spec}}{suffix}"
 
@@ -111,9 +117,11 @@ def serving_table(rows: list[dict]) -> str:
 class Options:
     drafters: str = field(default="", metadata={"help": "drafter folders written by `train`, comma-separated"})
     benchmark: str = field(default="benchmark", metadata={
-        "help": "the subfolder of each drafter holding inference.benchmark's benchmark.json"})
+        "help": "the subfolder of each drafter holding inference.benchmark's benchmark.json; a comma-separated "
+                "list: the first that holds one (a rerun's folder before the original's)"})
     serving: str = field(default="serving", metadata={
-        "help": "the subfolder of each drafter holding bench.serving's serving.json"})
+        "help": "the subfolder of each drafter holding bench.serving's serving.json (a comma-separated list as "
+                "for benchmark)"})
     out: str = field(default="", metadata={"help": "also write the tables to OUT.md and OUT.json with provenance"})
 
 
@@ -128,8 +136,8 @@ def collect(options: Options) -> dict:
     for d in drafters:
         train = training_row(d)
         result["training"].append(train)
-        bench = read_json(d / options.benchmark / "benchmark.json")
-        serve = read_json(d / options.serving / "serving.json")
+        bench = read_json(first_report(d, options.benchmark, "benchmark.json"))
+        serve = read_json(first_report(d, options.serving, "serving.json"))
         result["decoder"] += decoder_rows(bench, train["family"])
         result["serving"] += serving_rows(serve, d, train["family"])
         result["sources"] += [r["provenance"] for r in (bench, serve) if r and "provenance" in r]
