@@ -107,7 +107,7 @@ def serving_table(rows: list[dict]) -> str:
         speed = DASH if not (base and spec) else f"{base:.0f} → {spec:.0f} ({spec / base:.2f}×)"
         identical = ("sampled" if r["temperature"] else f"{r['vllm_identical']} / {r['ours_identical']}")
         parity = DASH if r["parity"] is None else ("yes" if r["parity"] else "**no**")
-        lines.append(f"| {r['family']} | {fmt(r['depth'], 'd')} | {r['temperature']} | {r['dtype']} | "
+        lines.append(f"| {r['family']} | {fmt(r['depth'], 'd')} | {r['temperature']} | {r['dtype'] or DASH} | "
                      f"{fmt(r['tau_vllm'])} | "
                      f"{fmt(r['tau_ours'])} | {parity} | {identical} | {speed} |")
     return "\n".join(lines)
