@@ -1,27 +1,39 @@
 #!/usr/bin/env bash
-# Round two of the SmolLM2-135M EAGLE-3 recipe: more data, then a fine-tune of run.sh's drafter on all of it.
-# 1,200 more prompts written by the base (seed 1, held out from MT-bench and HumanEval like the first 1,600), answered
-# by the base → both sets (2,800 conversations) dumped → output/smollm2/eagle3 fine-tuned on them for 900 steps
-# (modeling.init_from_drafter: every weight and the draft vocabulary start from it) → output/smollm2/b/eagle3_ft.
+# More data for the SmolLM2-135M EAGLE-3 recipe, then a fine-tune of the previous round's drafter on all of it.
+# Round 2 (the default): 1,200 more prompts written by the base (seed 1, held out from MT-bench and HumanEval like the
+# first 1,600), answered by the base → both sets (2,800 conversations) dumped → output/smollm2/eagle3 fine-tuned on
+# them for 900 steps (modeling.init_from_drafter: every weight and the draft vocabulary start from it) →
+# output/smollm2/b/eagle3_ft. Round 3: 1,600 more (seed 2) merged after round 2's dump (4,400 conversations) →
+# round 2's drafter fine-tuned for 1,100 steps → output/smollm2/c/eagle3_ft (about 75 min on 2 AMX cores).
 # A step budget (not a time budget), so a paused job (SIGSTOP while something else needs the cores) loses nothing.
-# Needs run.sh's outputs. Every stage is cached: rerunning resumes or reuses.
+# Needs run.sh's outputs (round 3: round 2's too). Every stage is cached: rerunning resumes or reuses.
 #
-#   bash examples/smollm2_cpu/more_data.sh [--section.key value ...]
+#   bash examples/smollm2_cpu/more_data.sh [round2|round3] [--section.key value ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1
 PY=${PYTHON:-python}
 P=(--@smollm2 --@eagle3 --@smollm2_eagle3)
-B=output/smollm2/b
-$PY -m specforge_het.synthesize "${P[@]}" --synth.out $B/prompts.jsonl --synth.seed 1 --synth.num_prompts 1200 "$@"
-# The base answers the new prompts; they are dumped, then merged after run.sh's dump (the same 2,800 conversations
-# in the same order as dumping both sets at once, which is how the published drafter's data was made).
+ROUND=round2
+case "${1:-}" in round2|round3) ROUND=$1; shift ;; esac
+if [ "$ROUND" = round2 ]; then  # the published round-2 drafter's settings
+  B=output/smollm2/b SEED=1 NUM=1200 BEFORE=output/smollm2/dataset_eagle3 INIT=output/smollm2/eagle3 STEPS=900
+  BENCH=(--benchmark.output_dir $B/eagle3_ft/benchmark)
+else
+  B=output/smollm2/c SEED=2 NUM=1600 BEFORE=output/smollm2/b/dataset INIT=output/smollm2/b/eagle3_ft STEPS=1100
+  # MT-bench in the CPU's best dtype over the shapes round 2's drafter did best with (docs/results)
+  BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
+         --benchmark.shapes "['chain:3','tree:2:4:8','tree:3:8:24']" --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
+fi
+[ -f "$INIT/model.safetensors" ] || { echo "$INIT is missing: run the previous round first" >&2; exit 2; }
+$PY -m specforge_het.synthesize "${P[@]}" --synth.out $B/prompts.jsonl --synth.seed $SEED --synth.num_prompts $NUM "$@"
+# The base answers the new prompts; they are dumped, then merged after the previous round's dump (round 2: the same
+# 2,800 conversations in the same order as dumping both sets at once, which is how its drafter's data was made).
 $PY -m specforge_het.data_gen "${P[@]}" --data.conversations $B/prompts.jsonl \
   --data.regenerate_to $B/self_distilled.jsonl --data.dataset_dir $B/dataset_new "$@"
-$PY -m specforge_het.data_gen "${P[@]}" --data.merge_from "['output/smollm2/dataset_eagle3', '$B/dataset_new']" \
+$PY -m specforge_het.data_gen "${P[@]}" --data.merge_from "['$BEFORE', '$B/dataset_new']" \
   --data.dataset_dir $B/dataset "$@"
 $PY -m specforge_het.train "${P[@]}" --data.dataset_dir $B/dataset --training.output_dir $B/eagle3_ft \
-  --modeling.init_from_drafter output/smollm2/eagle3 --training.max_steps 900 --training.time_budget_s 7200 \
+  --modeling.init_from_drafter $INIT --training.max_steps $STEPS --training.time_budget_s 7200 \
   --training.learning_rate 0.0003 --training.warmup_steps 10 --training.eval_steps 300 --training.save_steps 150 "$@"
-$PY -m specforge_het.inference.benchmark "${P[@]}" --inference.drafter_path $B/eagle3_ft \
-  --benchmark.output_dir $B/eagle3_ft/benchmark "$@"
+$PY -m specforge_het.inference.benchmark "${P[@]}" --inference.drafter_path $B/eagle3_ft "${BENCH[@]}" "$@"
