@@ -129,6 +129,24 @@ def test_synthesis_writes_filtered_prompts_and_resumes(chat_base, tmp_path, monk
     assert [r["prompt"] for r in synthesize(chat_base, cfg_for(tmp_path / "b.jsonl")).rows()] == prompts
 
 
+def test_synthesis_openers_start_each_prompt_in_turn_and_change_the_fingerprint(chat_base, tmp_path):
+    openers = ["Write a", "Solve", "Pretend you are"]
+    cfg = make_cfg(tmp_path, "unused")
+    for k, v in {"synth.out": str(tmp_path / "p.jsonl"), "synth.num_prompts": 6, "synth.max_prompt_tokens": 12,
+                 "synth.batch_size": 6, "synth.min_words": 1, "synth.openers": openers}.items():
+        set_key(cfg, k, v, "test")
+    rows = synthesize(chat_base, cfg).rows()
+    assert rows and all(any(r["prompt"].startswith(o) for o in openers) for r in rows), rows
+    assert {o for o in openers if any(r["prompt"].startswith(o) for r in rows)} == set(openers)  # all three used
+    set_key(cfg, "synth.openers", openers[:2], "test")  # other openers: the finished file is refused, not reused
+    with pytest.raises(ConfigError, match="p.jsonl"):
+        synthesize(chat_base, cfg)
+    set_key(cfg, "synth.openers", ["  "], "test")
+    set_key(cfg, "synth.out", str(tmp_path / "q.jsonl"), "test")
+    with pytest.raises(ConfigError, match="synth.openers"):
+        synthesize(chat_base, cfg)
+
+
 def test_synthesis_drops_held_out_prompts(chat_base, tmp_path, monkeypatch):
     monkeypatch.setattr(HeldOut, "leaks", lambda self, text: True)
     cfg = make_cfg(tmp_path, "unused")

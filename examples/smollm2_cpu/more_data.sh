@@ -4,29 +4,40 @@
 # first 1,600), answered by the base → both sets (2,800 conversations) dumped → output/smollm2/eagle3 fine-tuned on
 # them for 900 steps (modeling.init_from_drafter: every weight and the draft vocabulary start from it) →
 # output/smollm2/b/eagle3_ft. Round 3: 1,600 more (seed 2) merged after round 2's dump (4,400 conversations) →
-# round 2's drafter fine-tuned for 1,100 steps → output/smollm2/c/eagle3_ft (about 75 min on 2 AMX cores).
+# round 2's drafter fine-tuned for 1,100 steps → output/smollm2/c/eagle3_ft (about 75 min on 2 AMX cores). Round 4:
+# 1,600 prompts steered by configs/varied_prompts.yaml's openers (code, math, role-play, extraction, ... : plain
+# Magpie prompts from this base are mostly short questions) merged after round 3's (6,000 conversations) → round 3's
+# drafter fine-tuned for 900 steps → output/smollm2/d/eagle3_ft, benchmarked over the preset's shapes and the best.
 # A step budget (not a time budget), so a paused job (SIGSTOP while something else needs the cores) loses nothing.
 # Needs run.sh's outputs (round 3: round 2's too). Every stage is cached: rerunning resumes or reuses.
 #
-#   bash examples/smollm2_cpu/more_data.sh [round2|round3] [--section.key value ...]
+#   bash examples/smollm2_cpu/more_data.sh [round2|round3|round4] [--section.key value ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1
 PY=${PYTHON:-python}
 P=(--@smollm2 --@eagle3 --@smollm2_eagle3)
 ROUND=round2
-case "${1:-}" in round2|round3) ROUND=$1; shift ;; esac
+case "${1:-}" in round2|round3|round4) ROUND=$1; shift ;; esac
+SYNTH=()
 if [ "$ROUND" = round2 ]; then  # the published round-2 drafter's settings
   B=output/smollm2/b SEED=1 NUM=1200 BEFORE=output/smollm2/dataset_eagle3 INIT=output/smollm2/eagle3 STEPS=900
   BENCH=(--benchmark.output_dir $B/eagle3_ft/benchmark)
-else
+elif [ "$ROUND" = round3 ]; then
   B=output/smollm2/c SEED=2 NUM=1600 BEFORE=output/smollm2/b/dataset INIT=output/smollm2/b/eagle3_ft STEPS=1100
   # MT-bench in the CPU's best dtype over the shapes round 2's drafter did best with (docs/results)
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
          --benchmark.shapes "['chain:3','tree:2:4:8','tree:3:8:24']" --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
+else
+  B=output/smollm2/d SEED=3 NUM=1600 BEFORE=output/smollm2/c/dataset INIT=output/smollm2/c/eagle3_ft STEPS=900
+  SYNTH=(--@varied_prompts)
+  # the preset's own shapes (chain 4, tree 4:4:12) beside the two best of earlier rounds, in one run
+  BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
+         --benchmark.shapes "['chain:4','tree:4:4:12','tree:2:4:8','tree:3:8:24']"
+         --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
 fi
 [ -f "$INIT/model.safetensors" ] || { echo "$INIT is missing: run the previous round first" >&2; exit 2; }
-$PY -m specforge_het.synthesize "${P[@]}" --synth.out $B/prompts.jsonl --synth.seed $SEED --synth.num_prompts $NUM "$@"
+$PY -m specforge_het.synthesize "${P[@]}" ${SYNTH[@]+"${SYNTH[@]}"} --synth.out $B/prompts.jsonl --synth.seed $SEED --synth.num_prompts $NUM "$@"
 # The base answers the new prompts; they are dumped, then merged after the previous round's dump (round 2: the same
 # 2,800 conversations in the same order as dumping both sets at once, which is how its drafter's data was made).
 $PY -m specforge_het.data_gen "${P[@]}" --data.conversations $B/prompts.jsonl \

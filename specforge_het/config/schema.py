@@ -274,6 +274,10 @@ class SynthSection:
     # more held-out files (any conversation / question format) no prompt may overlap; the run's benchmark files and
     # inference.prompts are always held out
     heldout: list[str] = field(default_factory=list)
+    # openers the base continues after its user-turn header (row i of a batch gets opener i mod len), so its
+    # instructions cover task kinds plain Magpie rarely writes (code, math, role-play, extraction, ...); each kept
+    # prompt starts with its opener. Empty: plain Magpie (the header alone)
+    openers: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -38,6 +38,18 @@ def user_header_ids(tokenizer) -> list[int]:
     return tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
 
 
+def user_turn_starts(tokenizer, openers: list[str]) -> list[tuple[list[int], list[int]]]:
+    """(opener ids, ids the base continues) per opener: the user-turn header, then the opener's tokens (tokenized
+    apart from the header, so the header's ids stay exactly the template's). No openers: the header alone."""
+    header = user_header_ids(tokenizer)
+    if not openers:
+        return [([], header)]
+    bad = [o for o in openers if not o.strip()]
+    if bad:
+        raise ConfigError(f"synth.openers: expected non-empty texts, got {bad!r}")
+    return [(ids, header + ids) for ids in (tokenizer(o, add_special_tokens=False)["input_ids"] for o in openers)]
+
+
 def clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
@@ -69,6 +81,8 @@ def synthesize(base, cfg) -> ResumableJsonl:
     fingerprint = {"base": base_identity(base), "num_prompts": s.num_prompts, "max_prompt_tokens": s.max_prompt_tokens,
                    "temperature": s.temperature, "top_p": s.top_p, "min_words": s.min_words, "seed": s.seed,
                    "batch_size": s.batch_size, "heldout": heldout.fingerprint}
+    if s.openers:  # only when set, so files written before openers existed keep their fingerprint
+        fingerprint["openers"] = list(s.openers)
     job = ResumableJsonl(s.out, fingerprint, "synthesize")
     if job.finished:
         log.info(f"synthesize: reusing {s.out} ({len(job.rows())} prompts)")
@@ -79,7 +93,7 @@ def synthesize(base, cfg) -> ResumableJsonl:
     done_batches = rows[-1]["batch"] + 1 if rows else 0
     job.start(len(rows))
     seen = {dedup_key(r["prompt"]) for r in rows}
-    header = user_header_ids(base.tokenizer)
+    starts = user_turn_starts(base.tokenizer, s.openers)
     dropped: dict[str, int] = {}
     t0, batch = time.time(), done_batches
     with tqdm(total=s.num_prompts, initial=len(rows), unit="prompt", desc="synthesize") as bar:
@@ -87,11 +101,12 @@ def synthesize(base, cfg) -> ResumableJsonl:
             if s.time_budget_s and time.time() - t0 > s.time_budget_s:
                 log.info(f"synthesize: time budget of {s.time_budget_s:.0f} s reached at {len(rows)} prompts")
                 break
-            texts = complete_batch(base, [header] * s.batch_size, s.max_prompt_tokens, s.temperature, s.top_p,
-                                   seed=s.seed * 1_000_003 + batch)
+            rows_starts = [starts[i % len(starts)] for i in range(s.batch_size)]
+            texts = complete_batch(base, [ids for _, ids in rows_starts], s.max_prompt_tokens, s.temperature,
+                                   s.top_p, seed=s.seed * 1_000_003 + batch)
             new = []
-            for ids, finished in texts:
-                text = clean(base.tokenizer.decode(ids, skip_special_tokens=True))
+            for (opener, _), (ids, finished) in zip(rows_starts, texts):  # decoded whole: spacing as the base wrote
+                text = clean(base.tokenizer.decode(opener + ids, skip_special_tokens=True))
                 why = keep_reason(text, finished, s.min_words, seen, heldout)
                 if why:
                     dropped[why] = dropped.get(why, 0) + 1
