@@ -221,6 +221,10 @@ class BenchmarkSection:
     # bench.serving: the dtype vLLM serves in. bfloat16 is faster on AMX / AVX512-BF16 CPUs; our reference decoder
     # stays in base.dtype, so per-position parity is checked in float32 only (bf16 rounds differently).
     serving_dtype: Literal["float32", "bfloat16"] = "float32"
+    # bench.serving: also serve each drafter's sampled row with the engine defect the vLLM worker measures patched
+    # (vLLM 0.32's CPU build divides target logits by uninitialised memory at T > 0: serving/vllm_worker.py), as an
+    # extra row marked "patched"; the unpatched rows stay
+    serving_patch_engine: bool = False
     # bench.serving: drafters exported to and served by the real engines (demo/serving_variants.sh trains them)
     serving_drafters: list[str] = field(default_factory=lambda: [
         "output/demo/drafter", "output/demo/variants/eagle3", "output/demo/variants/eagle3_reduced_vocab",

@@ -6,7 +6,12 @@ decoding counters (drafts, draft tokens, accepted tokens, accepted tokens per po
     <serving-env>/bin/python vllm_worker.py job.json result.json
 
 job.json: {"base": DIR, "dtype": "float32", "max_model_len": 1024, "runs": [{"name": ..., "speculative_config":
-{...} or null, "prompts": [[ids]], "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0}]}
+{...} or null, "prompts": [[ids]], "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0,
+"patch_engine": false}]}
+
+Each result says whether this engine has the CPU build's temperature defect (cpu_temperature_defect); a run with
+"patch_engine" serves with the one kernel it concerns replaced by an exact torch version, so the rest of the engine
+(drafter, proposer, rejection sampler) is vLLM's own.
 """
 from __future__ import annotations
 
@@ -42,16 +47,66 @@ def counter_delta(now: dict, before: dict) -> dict:
     return out
 
 
+def exact_expand(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
+    """What vLLM's Triton expand_kernel computes, in torch, for any dtype: x[b] for each of request b's draft tokens,
+    replace_from → replace_to."""
+    import torch
+
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
+    values = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
+    output.copy_(values.repeat_interleave(counts)[: output.shape[0]].to(output.dtype))
+
+
+def cpu_temperature_defect() -> str | None:
+    """vLLM's CPU build (0.32) replaces the Triton kernel that spreads each request's temperature over its draft
+    tokens with a C++ one that takes int64 only: its wrapper passes an int64 *copy* of the float output buffer, so the
+    buffer the rejection sampler divides the target logits by stays uninitialised memory at T > 0. Measured here, not
+    assumed from the version: a description when this engine has the defect, else None."""
+    import torch
+    from vllm.platforms import current_platform
+    from vllm.triton_utils import HAS_TRITON
+
+    if current_platform.device_type != "cpu" or HAS_TRITON:
+        return None
+    import vllm.v1.sample.rejection_sampler as rs
+
+    current_platform.register_triton_kernel_overrides()
+    got = rs.expand_batch_to_tokens(torch.tensor([0.7]), torch.tensor([3], dtype=torch.int32), 3,
+                                    replace_from=rs.GREEDY_TEMPERATURE, replace_to=1)
+    if torch.allclose(got, torch.full((3,), 0.7)):
+        return None
+    return (f"vLLM's CPU expand kernel spreads the temperature 0.7 over 3 draft tokens as {got.tolist()}: at T > 0 "
+            "the rejection sampler divides the target logits by uninitialised memory")
+
+
+def use_expand(exact: bool) -> None:
+    """Register the torch expand (exact) or the CPU build's own for the next engine (vLLM registers its CPU kernels
+    when an engine starts, and again here after it, so the choice holds whichever registration runs last)."""
+    from vllm.triton_utils.dispatcher import register_kernels
+    from vllm.utils import cpu_triton_utils as cpu_tl
+
+    if not hasattr(cpu_tl, "_vllm_expand_kernel_impl"):
+        cpu_tl._vllm_expand_kernel_impl = cpu_tl._expand_kernel_impl
+    cpu_tl._expand_kernel_impl = exact_expand if exact else cpu_tl._vllm_expand_kernel_impl
+    register_kernels({"vllm.v1.sample.rejection_sampler.expand_kernel": cpu_tl._expand_kernel_impl})
+
+
 def one_run(job: dict, run: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    defect = cpu_temperature_defect()
+    patched = bool(run.get("patch_engine")) and defect is not None
+    if defect is not None:
+        use_expand(patched)
     t0 = time.perf_counter()
     llm = LLM(model=job["base"], tokenizer=job["base"], dtype=job.get("dtype", "float32"), enforce_eager=True,
               max_model_len=job.get("max_model_len", 1024),
               seed=0 if run.get("seed") is None else run["seed"],  # None: requests draw independently
               speculative_config=run.get("speculative_config"), disable_log_stats=False)
     init_s = time.perf_counter() - t0
+    if defect is not None:
+        use_expand(patched)
     params = SamplingParams(temperature=run.get("temperature", 0.0), top_p=run.get("top_p", 1.0),
                             max_tokens=run["max_tokens"], seed=run.get("seed", 0),
                             ignore_eos=run.get("ignore_eos", False))
@@ -71,7 +126,8 @@ def one_run(job: dict, run: dict) -> dict:
     del llm
     gc.collect()
     return {"name": run["name"], "outputs": outputs, "seconds": seconds, "init_seconds": init_s,
-            "new_tokens": sum(len(o) for o in outputs), "metrics": metrics, "error": None}
+            "new_tokens": sum(len(o) for o in outputs), "metrics": metrics, "error": None,
+            "engine_defect": defect, "patched": patched}
 
 
 def main(job_path: str, out_path: str) -> None:
