@@ -299,7 +299,12 @@ def test_batched_inference_and_question_file_benchmark(trained, tmp_path):
         ("mt_bench", "chain", 6), ("mt_bench", "tree", 6), ("gsm8k", "chain", 1), ("gsm8k", "tree", 1),
         ("humaneval", "chain", 3), ("humaneval", "tree", 3)]
     assert all(r["identical"] == r["turns"] for r in report["rows"])
+    for r in report["rows"]:  # τ per turn number: pooled τ lies between them; one turn → the pooled τ itself
+        by_turn = r["tau_by_turn"]
+        assert len(by_turn) == (2 if r["task"] == "mt_bench" else 1) and min(by_turn) >= 1
+        assert min(by_turn) - 1e-9 <= r["tau"] <= max(by_turn) + 1e-9
     table = (tmp_path / "bench" / "summary.md").read_text()
+    assert "τ by turn (turn 1 / turn 2 ...): mt_bench/chain " in table
     assert "| mt_bench | tree |" in table and (tmp_path / "bench" / "resolved_config.json").is_file()
 
     shapes = copy.deepcopy(cfg)  # benchmark.shapes: these shapes instead of the strategies, one row each

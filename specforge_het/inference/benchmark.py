@@ -166,7 +166,7 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
                 keys = ("near_ties", "mismatches", "verdict", "after_divergence", "divergences")
                 row.update({k: check[k] for k in keys})
             row.update(task=task.name, label=f"{task.name}/{s}", questions=len(task.turns), turns=len(flat),
-                       base_peak_memory_mib=base_mem.mib)
+                       base_peak_memory_mib=base_mem.mib, tau_by_turn=tau_by_turn(spec_res))
             report["rows"].append(row)
     report["lossless"] = lossless if sampling.greedy else None
     atomic_write_json(out_dir / "benchmark.json", report)
@@ -181,6 +181,16 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
                   "the base's choice is not a near-tie (see benchmark.json)")
         raise SystemExit(1)
     return report
+
+
+def tau_by_turn(results: list[list]) -> list[float]:
+    """τ pooled over each turn number's verify steps (MT-bench's turn 2 decodes after a longer, two-turn context
+    than any single-turn training conversation)."""
+    out = []
+    for t in range(max(len(q) for q in results)):
+        runs = [q[t] for q in results if t < len(q)]
+        out.append(sum(r.emitted for r in runs) / max(1, sum(r.steps for r in runs)))
+    return out
 
 
 def compare_turns(base, runs: list, base_runs: list, params: dict, ulps: float) -> dict:
@@ -216,6 +226,10 @@ def summary_table(report: dict) -> str:
                      f"| {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['base_tokens_per_s']:.1f} | {r['speedup']:.2f}× "
                      f"| {r['iteration_over_base_step']:.2f} | {ident} "
                      f"| {r['peak_memory_mib']:.0f} / {r['base_peak_memory_mib']:.0f} |")
+    by_turn = [f"{r['label']} {' / '.join(f'{t:.2f}' for t in r['tau_by_turn'])}" for r in report["rows"]
+               if len(r.get("tau_by_turn", [])) > 1]
+    if by_turn:
+        lines.append("\nτ by turn (turn 1 / turn 2 ...): " + "; ".join(by_turn) + ".")
     lines.append(f"\nPeak memory: {report['rows'][0]['memory_kind'].replace('_', ' ')}.")
     return "\n".join(lines)
 
