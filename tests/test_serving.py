@@ -188,6 +188,7 @@ def test_the_worker_measures_the_cpu_temperature_defect(vllm_results):
     r = vllm_results["eagle3_full@T1"]
     assert r["error"] is None, r.get("traceback")
     assert r["engine_defect"] and "uninitialised" in r["engine_defect"] and not r["patched"]
+    assert len(r["defect_probe"]) == 3 and r["defect_probe"] != pytest.approx([0.7] * 3)  # what it spread, as it was
     assert vllm_results["eagle3_full@T1p"]["patched"]
 
 

@@ -130,6 +130,7 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
                 parity = compare(ours["metrics"], e["metrics"], greedy=t == 0)["passed"] if exact else None
                 row.update(tau_vllm=acceptance(e["metrics"])["tau"], parity=parity,
                            engine_defect=e.get("engine_defect"), patched=bool(e.get("patched")),
+                           defect_probe=e.get("defect_probe"),
                            # in another dtype than ours, vLLM's speculative output is checked against its own
                            # base-only output (same engine, same dtype) instead of our fp32 reference
                            vllm_identical=sum(o == r for o, r in zip(e["outputs"], refs if exact else
@@ -169,8 +170,10 @@ def table(rows: list[dict], n: int, depth: int, dtype: str = "float32") -> str:
                      f"| {vllm[0]} "
                      f"| {r['tau_ours']:.2f} | {sampled} | {vllm[1]} | {ident} | {vllm[2]} "
                      f"| {r['sglang_load_weights']} |")
+    probes = [r["defect_probe"] for r in rows if r.get("defect_probe")]
     if defects:
-        lines += ["", "\\* Engine defect, measured by the vLLM worker: " + "; ".join(defects) + ". Rows marked "
+        seen = f" (0.7 spread over 3 tokens came out as {probes[0]})" if probes else ""
+        lines += ["", "\\* Engine defect, measured by the vLLM worker: " + "; ".join(defects) + seen + ". Rows marked "
                   "\"patched vLLM\" serve with that one kernel replaced by an exact torch version "
                   "(benchmark.serving_patch_engine); the rest of the engine is vLLM's own."]
     return "\n".join(lines)

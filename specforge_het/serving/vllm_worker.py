@@ -9,7 +9,7 @@ job.json: {"base": DIR, "dtype": "float32", "max_model_len": 1024, "runs": [{"na
 {...} or null, "prompts": [[ids]], "max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0,
 "patch_engine": false}]}
 
-Each result says whether this engine has the CPU build's temperature defect (cpu_temperature_defect); a run with
+Each result says whether this engine has the CPU build's temperature defect (cpu_temperature_probe); a run with
 "patch_engine" serves with the one kernel it concerns replaced by an exact torch version, so the rest of the engine
 (drafter, proposer, rejection sampler) is vLLM's own.
 """
@@ -57,11 +57,17 @@ def exact_expand(output, input_val, cu_num_tokens, replace_from, replace_to, MAX
     output.copy_(values.repeat_interleave(counts)[: output.shape[0]].to(output.dtype))
 
 
-def cpu_temperature_defect() -> str | None:
+CPU_TEMPERATURE_DEFECT = ("vLLM's CPU expand kernel leaves the per-draft-token temperatures uninitialised (it "
+                          "writes an int64 copy), so at T > 0 its rejection sampler divides the target logits by "
+                          "whatever that memory holds")
+
+
+def cpu_temperature_probe() -> list[float] | None:
     """vLLM's CPU build (0.32) replaces the Triton kernel that spreads each request's temperature over its draft
     tokens with a C++ one that takes int64 only: its wrapper passes an int64 *copy* of the float output buffer, so the
     buffer the rejection sampler divides the target logits by stays uninitialised memory at T > 0. Measured here, not
-    assumed from the version: a description when this engine has the defect, else None."""
+    assumed from the version: the temperature 0.7 spread over 3 draft tokens as it came out when this engine has
+    the defect (what the memory held: differs from run to run), else None."""
     import torch
     from vllm.platforms import current_platform
     from vllm.triton_utils import HAS_TRITON
@@ -75,8 +81,7 @@ def cpu_temperature_defect() -> str | None:
                                     replace_from=rs.GREEDY_TEMPERATURE, replace_to=1)
     if torch.allclose(got, torch.full((3,), 0.7)):
         return None
-    return (f"vLLM's CPU expand kernel spreads the temperature 0.7 over 3 draft tokens as {got.tolist()}: at T > 0 "
-            "the rejection sampler divides the target logits by uninitialised memory")
+    return got.tolist()
 
 
 def use_expand(exact: bool) -> None:
@@ -95,9 +100,9 @@ def one_run(job: dict, run: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    defect = cpu_temperature_defect()
-    patched = bool(run.get("patch_engine")) and defect is not None
-    if defect is not None:
+    probe = cpu_temperature_probe()
+    patched = bool(run.get("patch_engine")) and probe is not None
+    if probe is not None:
         use_expand(patched)
     t0 = time.perf_counter()
     llm = LLM(model=job["base"], tokenizer=job["base"], dtype=job.get("dtype", "float32"), enforce_eager=True,
@@ -105,7 +110,7 @@ def one_run(job: dict, run: dict) -> dict:
               seed=0 if run.get("seed") is None else run["seed"],  # None: requests draw independently
               speculative_config=run.get("speculative_config"), disable_log_stats=False)
     init_s = time.perf_counter() - t0
-    if defect is not None:
+    if probe is not None:
         use_expand(patched)
     params = SamplingParams(temperature=run.get("temperature", 0.0), top_p=run.get("top_p", 1.0),
                             max_tokens=run["max_tokens"], seed=run.get("seed", 0),
@@ -127,7 +132,7 @@ def one_run(job: dict, run: dict) -> dict:
     gc.collect()
     return {"name": run["name"], "outputs": outputs, "seconds": seconds, "init_seconds": init_s,
             "new_tokens": sum(len(o) for o in outputs), "metrics": metrics, "error": None,
-            "engine_defect": defect, "patched": patched}
+            "engine_defect": CPU_TEMPERATURE_DEFECT if probe else None, "patched": patched, "defect_probe": probe}
 
 
 def main(job_path: str, out_path: str) -> None:
