@@ -1,10 +1,10 @@
-"""The exact expand the vLLM worker serves with when `patch_engine` is set (serving/vllm_worker.py): what vLLM's
+"""The exact expand of serving/vllm_cpu_fix.py (the vLLM worker's `patch_engine`, and a vLLM plugin): what vLLM's
 Triton expand_kernel computes — each request's value repeated over its draft tokens, replace_from → replace_to — for
 float and integer tensors alike (the CPU build's own writes float outputs into a discarded int64 copy)."""
 import torch
 from hypothesis import given, settings, strategies as st
 
-from specforge_het.serving.vllm_worker import exact_expand
+from specforge_het.serving.vllm_cpu_fix import exact_expand
 
 
 @settings(max_examples=80, deadline=None)

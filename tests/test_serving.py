@@ -326,3 +326,47 @@ def test_engines_that_cannot_capture_a_layer_are_refused(served, drafters, tmp_p
     cfg.export.to, cfg.export.out = "vllm", str(tmp_path / "vllm")
     export.run(cfg, [])
     assert json.loads((tmp_path / "vllm" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]
+
+
+PLUGIN_PROBE = """
+import json, os, sys
+import torch
+from vllm.plugins import load_general_plugins
+from vllm.platforms import current_platform
+from vllm.utils import cpu_triton_utils as cpu_tl
+load_general_plugins()  # what every vLLM process does first, then it registers its CPU kernels
+current_platform.register_triton_kernel_overrides()
+import vllm.v1.sample.rejection_sampler as rs
+got = rs.expand_batch_to_tokens(torch.tensor([0.7]), torch.tensor([3], dtype=torch.int32), 3,
+                                replace_from=rs.GREEDY_TEMPERATURE, replace_to=1)
+print(json.dumps({"impl": cpu_tl._expand_kernel_impl.__module__, "temperatures": got.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("enabled", ["1", "0"])
+def test_the_vllm_plugin_fixes_the_cpu_temperatures_only_when_asked(tmp_path, enabled):
+    """vllm_cpu_fix.register as vLLM itself loads it: an entry point in the `vllm.general_plugins` group (as
+    pyproject.toml declares it), found by vLLM's own plugin loader. With SPECFORGE_HET_VLLM_CPU_FIX=1 the kernel vLLM
+    registers afterwards spreads the temperature exactly; without it vLLM's own kernel stays."""
+    import os
+    import subprocess
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    plugins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]["vllm.general_plugins"]
+    dist = tmp_path / "site" / "specforge_het_plugin_probe-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: specforge-het-plugin-probe\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\n" + "".join(
+        f"{name} = {target}\n" for name, target in plugins.items()))
+    environment = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{root}",
+                   "SPECFORGE_HET_VLLM_CPU_FIX": enabled, "VLLM_PLUGINS": ",".join(plugins)}
+    done = subprocess.run([str(env.build()), "-c", PLUGIN_PROBE], capture_output=True, text=True, timeout=300,
+                          env=environment, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    if enabled == "1":
+        assert got["impl"] == "specforge_het.serving.vllm_cpu_fix"
+        assert got["temperatures"] == pytest.approx([0.7] * 3)
+    else:
+        assert got["impl"] == "vllm.utils.cpu_triton_utils"

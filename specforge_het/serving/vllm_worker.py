@@ -10,8 +10,8 @@ job.json: {"base": DIR, "dtype": "float32", "max_model_len": 1024, "runs": [{"na
 "patch_engine": false}]}
 
 Each result says whether this engine has the CPU build's temperature defect (cpu_temperature_probe); a run with
-"patch_engine" serves with the one kernel it concerns replaced by an exact torch version, so the rest of the engine
-(drafter, proposer, rejection sampler) is vLLM's own.
+"patch_engine" serves with the one kernel it concerns replaced by an exact torch version (vllm_cpu_fix.py, also a vLLM
+plugin users can enable), so the rest of the engine (drafter, proposer, rejection sampler) is vLLM's own.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import os
 import sys
 import time
 import traceback
+
+from vllm_cpu_fix import use_exact_expand  # a sibling file: this script runs from its own folder
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process: runs are sequential
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the test bases are tiny
@@ -45,16 +47,6 @@ def counter_delta(now: dict, before: dict) -> dict:
     out["accepted_per_pos"] = [a - b for a, b in zip(now["accepted_per_pos"], before["accepted_per_pos"])] \
         if before["accepted_per_pos"] else list(now["accepted_per_pos"])
     return out
-
-
-def exact_expand(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
-    """What vLLM's Triton expand_kernel computes, in torch, for any dtype: x[b] for each of request b's draft tokens,
-    replace_from → replace_to."""
-    import torch
-
-    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
-    values = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
-    output.copy_(values.repeat_interleave(counts)[: output.shape[0]].to(output.dtype))
 
 
 CPU_TEMPERATURE_DEFECT = ("vLLM's CPU expand kernel leaves the per-draft-token temperatures uninitialised (it "
@@ -84,18 +76,6 @@ def cpu_temperature_probe() -> list[float] | None:
     return got.tolist()
 
 
-def use_expand(exact: bool) -> None:
-    """Register the torch expand (exact) or the CPU build's own for the next engine (vLLM registers its CPU kernels
-    when an engine starts, and again here after it, so the choice holds whichever registration runs last)."""
-    from vllm.triton_utils.dispatcher import register_kernels
-    from vllm.utils import cpu_triton_utils as cpu_tl
-
-    if not hasattr(cpu_tl, "_vllm_expand_kernel_impl"):
-        cpu_tl._vllm_expand_kernel_impl = cpu_tl._expand_kernel_impl
-    cpu_tl._expand_kernel_impl = exact_expand if exact else cpu_tl._vllm_expand_kernel_impl
-    register_kernels({"vllm.v1.sample.rejection_sampler.expand_kernel": cpu_tl._expand_kernel_impl})
-
-
 def one_run(job: dict, run: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -103,7 +83,7 @@ def one_run(job: dict, run: dict) -> dict:
     probe = cpu_temperature_probe()
     patched = bool(run.get("patch_engine")) and probe is not None
     if probe is not None:
-        use_expand(patched)
+        use_exact_expand(patched)
     t0 = time.perf_counter()
     llm = LLM(model=job["base"], tokenizer=job["base"], dtype=job.get("dtype", "float32"), enforce_eager=True,
               max_model_len=job.get("max_model_len", 1024),
@@ -111,7 +91,7 @@ def one_run(job: dict, run: dict) -> dict:
               speculative_config=run.get("speculative_config"), disable_log_stats=False)
     init_s = time.perf_counter() - t0
     if probe is not None:
-        use_expand(patched)
+        use_exact_expand(patched)
     params = SamplingParams(temperature=run.get("temperature", 0.0), top_p=run.get("top_p", 1.0),
                             max_tokens=run["max_tokens"], seed=run.get("seed", 0),
                             ignore_eos=run.get("ignore_eos", False))
