@@ -190,6 +190,8 @@ def test_the_worker_measures_the_cpu_temperature_defect(vllm_results):
     assert r["engine_defect"] and "uninitialised" in r["engine_defect"] and not r["patched"]
     assert len(r["defect_probe"]) == 3 and r["defect_probe"] != pytest.approx([0.7] * 3)  # what it spread, as it was
     assert vllm_results["eagle3_full@T1p"]["patched"]
+    after = vllm_results["eagle3_reduced@T1"]  # after a patched run in the same process: vLLM's own kernel again
+    assert after["engine_defect"] and not after["patched"]
 
 
 @pytest.mark.xfail(reason="vLLM 0.32's CPU build divides the target logits by uninitialised memory at T > 0 (its "

@@ -80,6 +80,7 @@ def one_run(job: dict, run: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    use_exact_expand(False)  # vLLM's own kernel again: an earlier run of this process may have patched it
     probe = cpu_temperature_probe()
     patched = bool(run.get("patch_engine")) and probe is not None
     if probe is not None:
