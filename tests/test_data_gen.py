@@ -138,7 +138,11 @@ def test_ds_range_split_then_merge_equals_single_run(single, tmp_path):
     cfg = make_cfg(tmp_path / "m", single.base.model_name_or_path, data__merge_from=parts)
     data_gen.run(cfg, [])
     assert_same_samples(samples_of(cfg.data.dataset_dir), samples_of(single.data.dataset_dir))
-    with pytest.raises(ConfigError, match="already holds a dataset"):
+    manifest = (Path(cfg.data.dataset_dir) / "manifest.json").read_text()
+    data_gen.run(cfg, [])  # the same merge again (a script rerun): reused, nothing rewritten
+    assert (Path(cfg.data.dataset_dir) / "manifest.json").read_text() == manifest
+    cfg.data.merge_from = parts[:1]  # another merge into the same folder: refused
+    with pytest.raises(ConfigError, match="already holds another dataset"):
         data_gen.run(cfg, [])
 
 

@@ -196,7 +196,7 @@ COMPATIBLE_KEYS = ("hidden_size", "hidden_dtype", "aux_layer_ids", "base")
 def merge_datasets(sources: list[Path], out_dir: Path) -> dict:
     """Concatenate complete shard sets, in the order given, into out_dir (checksums verified on the way).
     Shards are copied (hard-linked where possible) first and the manifest written last, so an interrupted
-    merge leaves no manifest that claims more than is there."""
+    merge leaves no manifest that claims more than is there; a finished merge of the same shards is reused."""
     manifests = []
     for src in sources:
         m = HiddenStateDataset(src, verify=False).manifest  # checks format and completeness
@@ -206,8 +206,13 @@ def merge_datasets(sources: list[Path], out_dir: Path) -> dict:
                                   f"({m.get(key)!r} vs {manifests[0][1].get(key)!r})")
         manifests.append((src, m))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MANIFEST).is_file():
-        raise ConfigError(f"{out_dir} already holds a dataset; merge into an empty folder")
+    if (out_dir / MANIFEST).is_file():  # a rerun of the same merge (a script run again) reuses it
+        existing = json.loads((out_dir / MANIFEST).read_text())
+        wanted = [i["sha256"] for _, m in manifests for i in m["shards"]]
+        if existing.get("fingerprint", {}).get("merged_from") == [str(s) for s, _ in manifests] and \
+                [i["sha256"] for i in existing.get("shards", [])] == wanted:
+            return existing
+        raise ConfigError(f"{out_dir} already holds another dataset; merge into an empty folder")
     shards = []
     for src, m in manifests:
         for info in m["shards"]:
