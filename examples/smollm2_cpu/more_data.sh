@@ -7,7 +7,7 @@
 # round 2's drafter fine-tuned for 1,100 steps → output/smollm2/c/eagle3_ft (about 75 min on 2 AMX cores). Round 4:
 # 1,200 prompts steered by configs/varied_prompts.yaml's openers (code, math, role-play, extraction, ...: of round 3's
 # plain Magpie prompts 37 % begin "Can" and 29 % "I'm") merged after round 3's (5,600 conversations) → round 3's
-# drafter fine-tuned for 700 steps → output/smollm2/d/eagle3_ft, benchmarked over the preset's shapes and the best.
+# drafter fine-tuned for 550 steps → output/smollm2/d/eagle3_ft, benchmarked over the preset's tree and the best.
 # A step budget (not a time budget), so a paused job (SIGSTOP while something else needs the cores) loses nothing.
 # Needs run.sh's outputs (round 3: round 2's too). Every stage is cached: rerunning resumes or reuses.
 #
@@ -29,11 +29,11 @@ elif [ "$ROUND" = round3 ]; then
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
          --benchmark.shapes "['chain:3','tree:2:4:8','tree:3:8:24']" --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
 else
-  B=output/smollm2/d SEED=3 NUM=1200 BEFORE=output/smollm2/c/dataset INIT=output/smollm2/c/eagle3_ft STEPS=700
+  B=output/smollm2/d SEED=3 NUM=1200 BEFORE=output/smollm2/c/dataset INIT=output/smollm2/c/eagle3_ft STEPS=550
   SYNTH=(--@varied_prompts)
-  # the preset's own shapes (chain 4, tree 4:4:12) beside the two best of earlier rounds, in one run
+  # the preset's tree (4:4:12) beside the two best shapes of earlier rounds, in one run
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
-         --benchmark.shapes "['chain:4','tree:4:4:12','tree:2:4:8','tree:3:8:24']"
+         --benchmark.shapes "['tree:4:4:12','tree:2:4:8','tree:3:8:24']"
          --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
 fi
 [ -f "$INIT/model.safetensors" ] || { echo "$INIT is missing: run the previous round first" >&2; exit 2; }
