@@ -94,6 +94,7 @@ def synthesize(base, cfg) -> ResumableJsonl:
     job.start(len(rows))
     seen = {dedup_key(r["prompt"]) for r in rows}
     starts = user_turn_starts(base.tokenizer, s.openers)
+    row_starts = [starts[i % len(starts)] for i in range(s.batch_size)]  # the same openers in every batch
     dropped: dict[str, int] = {}
     t0, batch = time.time(), done_batches
     with tqdm(total=s.num_prompts, initial=len(rows), unit="prompt", desc="synthesize") as bar:
@@ -101,12 +102,11 @@ def synthesize(base, cfg) -> ResumableJsonl:
             if s.time_budget_s and time.time() - t0 > s.time_budget_s:
                 log.info(f"synthesize: time budget of {s.time_budget_s:.0f} s reached at {len(rows)} prompts")
                 break
-            rows_starts = [starts[i % len(starts)] for i in range(s.batch_size)]
-            texts = complete_batch(base, [ids for _, ids in rows_starts], s.max_prompt_tokens, s.temperature,
+            texts = complete_batch(base, [ids for _, ids in row_starts], s.max_prompt_tokens, s.temperature,
                                    s.top_p, seed=s.seed * 1_000_003 + batch)
             new = []
-            for (opener, _), (ids, finished) in zip(rows_starts, texts):  # decoded whole: spacing as the base wrote
-                text = clean(base.tokenizer.decode(opener + ids, skip_special_tokens=True))
+            for (opener_ids, _), (ids, finished) in zip(row_starts, texts):  # decoded whole: the base's spacing
+                text = clean(base.tokenizer.decode(opener_ids + ids, skip_special_tokens=True))
                 why = keep_reason(text, finished, s.min_words, seen, heldout)
                 if why:
                     dropped[why] = dropped.get(why, 0) + 1
