@@ -8,17 +8,19 @@
 # 1,200 prompts steered by configs/varied_prompts.yaml's openers (code, math, role-play, extraction, ...: of round 3's
 # plain Magpie prompts 37 % begin "Can" and 29 % "I'm") merged after round 3's (5,600 conversations) → round 3's
 # drafter fine-tuned for 550 steps → output/smollm2/d/eagle3_ft, benchmarked over the preset's tree and the best.
+# Round 5: 1,500 more steered prompts (seed 4) merged after round 4's (7,100 conversations) → round 4's drafter
+# fine-tuned for 650 steps → output/smollm2/e/eagle3_ft, benchmarked over round 4's best shape and two near it.
 # A step budget (not a time budget), so a paused job (SIGSTOP while something else needs the cores) loses nothing.
 # Needs run.sh's outputs (round 3: round 2's too). Every stage is cached: rerunning resumes or reuses.
 #
-#   bash examples/smollm2_cpu/more_data.sh [round2|round3|round4] [--section.key value ...]
+#   bash examples/smollm2_cpu/more_data.sh [round2|round3|round4|round5] [--section.key value ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1
 PY=${PYTHON:-python}
 P=(--@smollm2 --@eagle3 --@smollm2_eagle3)
 ROUND=round2
-case "${1:-}" in round2|round3|round4) ROUND=$1; shift ;; esac
+case "${1:-}" in round2|round3|round4|round5) ROUND=$1; shift ;; esac
 SYNTH=()
 if [ "$ROUND" = round2 ]; then  # the published round-2 drafter's settings
   B=output/smollm2/b SEED=1 NUM=1200 BEFORE=output/smollm2/dataset_eagle3 INIT=output/smollm2/eagle3 STEPS=900
@@ -28,12 +30,18 @@ elif [ "$ROUND" = round3 ]; then
   # MT-bench in the CPU's best dtype over the shapes round 2's drafter did best with (docs/results)
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
          --benchmark.shapes "['chain:3','tree:2:4:8','tree:3:8:24']" --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
-else
+elif [ "$ROUND" = round4 ]; then
   B=output/smollm2/d SEED=3 NUM=1200 BEFORE=output/smollm2/c/dataset INIT=output/smollm2/c/eagle3_ft STEPS=550
   SYNTH=(--@varied_prompts)
   # the preset's tree (4:4:12) beside the two best shapes of earlier rounds, in one run
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
          --benchmark.shapes "['tree:4:4:12','tree:2:4:8','tree:3:8:24']"
+         --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
+else
+  B=output/smollm2/e SEED=4 NUM=1500 BEFORE=output/smollm2/d/dataset INIT=output/smollm2/d/eagle3_ft STEPS=650
+  SYNTH=(--@varied_prompts)
+  BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
+         --benchmark.shapes "['tree:2:4:8','tree:2:3:6','tree:3:4:12']"
          --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
 fi
 [ -f "$INIT/model.safetensors" ] || { echo "$INIT is missing: run the previous round first" >&2; exit 2; }
