@@ -290,12 +290,15 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 def load_base(section: BaseSection, device: torch.device | None = None) -> FrozenBase:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gqa_attention import use_grouped_sdpa
+
     dtype = resolve_dtype(section.dtype, "base.dtype")
     device = device or resolve_device(section.device)
     path = section.model_name_or_path
     if is_gguf_source(path, section.gguf_file):
         model, tokenizer = load_gguf(path, section.gguf_file, dtype, section.trust_remote_code)
         model.to(device)
+        use_grouped_sdpa(model)
         return FrozenBase(model=freeze(model), tokenizer=tokenizer, device=device, dtype=dtype)
     check_model_path(path, "base.model_name_or_path")
     try:
@@ -309,4 +312,5 @@ def load_base(section: BaseSection, device: torch.device | None = None) -> Froze
         raise ConfigError(f"base.model_name_or_path {path}: the model cannot be loaded "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     model.to(device)
+    use_grouped_sdpa(model)  # verify forwards (many queries, a mask) attend without copying the KV heads on CPU
     return FrozenBase(model=freeze(model), tokenizer=tokenizer, device=device, dtype=dtype)

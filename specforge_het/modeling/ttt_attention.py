@@ -16,7 +16,8 @@ parallelism (`sequence_parallel.NAME`: each rank holds a slice of the rows) the 
 head-split, whole-sequence layout first and the output comes back (modeling/sequence_parallel.py).
 
 Registered as the attention implementation "specforge_ttt" of every draft layer: without a `ttt_state` it is
-plain SDPA (inference with tree masks, single-step training). Draft layers of families with attention logit
+plain SDPA (inference with tree masks, single-step training; on CPU without autograd its key/value heads stay
+grouped: gqa_attention.py). Draft layers of families with attention logit
 soft-capping (Gemma-2) attend without it, the same way in training and inference.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .gqa_attention import grouped_sdpa_forward
 
 from .sequence_parallel import NAME as SEQUENCE_PARALLEL
 
@@ -58,8 +60,8 @@ def ttt_attention_forward(module, query, key, value, attention_mask, dropout: fl
                           ttt_state: dict | None = None, **kwargs):
     kwargs.pop("softcap", None)  # Gemma-2 attention logit soft-capping: draft layers attend without it
     if ttt_state is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return grouped_sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                    **kwargs)
     groups = query.shape[1] // key.shape[1]
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     sp = ttt_state.get(SEQUENCE_PARALLEL)
