@@ -107,27 +107,30 @@ def run(cfg: RunConfig, presets: list[str]) -> list[dict]:
         sg = sglang.get(d)
         sg_text = exports[d]["sglang"] if d not in sglang else (
             f"{sg['checked']} params equal" if not sg.get("error") and not sg["problems"] else "FAILED")
-        ours_by_t = {}
+        decoded = {}  # our decoder's runs of this drafter, each decoded once (the patched row reuses "hot")
+
+        def ours(kind: str) -> dict:
+            """"greedy" / "hot": drafts greedy (as vLLM's proposer drafts); "sampled": drafts drawn from q."""
+            if kind not in decoded:
+                sampling = {"greedy": Sampling(0.0, 1.0, inf.seed, draft="greedy"),
+                            "hot": Sampling(hot, 1.0, inf.seed, draft="greedy"), "sampled": Sampling(hot)}[kind]
+                decoded[kind] = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depths[d], sampling)
+            return decoded[kind]
+
         for t, run_name in [(0, f"{d}@0"), (1, f"{d}@1")] + ([(1, f"{d}@1p")] if b.serving_patch_engine else []):
             e = engine.get(run_name)
-            if t not in ours_by_t:  # the patched row compares with the same decode of ours
-                ours_by_t[t] = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depths[d],
-                                               Sampling(hot if t else 0.0, 1.0, inf.seed, draft="greedy"))
-            ours = ours_by_t[t]
+            mine = ours("hot" if t else "greedy")
             row = {"drafter": str(d), "algorithm": drafter.meta.get("algorithm"), "depth": depths[d],
                    "temperature": hot if t else 0,
-                   "tau_ours": acceptance(ours["metrics"])["tau"], "sglang_load_weights": sg_text,
-                   "ours_identical": sum(o == r for o, r in zip(ours["outputs"], refs)) if t == 0 else None}
-            if t == 1 and "sampled" not in ours_by_t:  # our decoder's own sampling: drafts drawn from q
-                ours_by_t["sampled"] = reference_chain(base, drafter, prompts, inf.max_new_tokens, eos, depths[d],
-                                                       Sampling(hot))
+                   "tau_ours": acceptance(mine["metrics"])["tau"], "sglang_load_weights": sg_text,
+                   "ours_identical": sum(o == r for o, r in zip(mine["outputs"], refs)) if t == 0 else None}
             if t == 1:
-                row["tau_ours_sampled_drafts"] = acceptance(ours_by_t["sampled"]["metrics"])["tau"]
+                row["tau_ours_sampled_drafts"] = acceptance(ours("sampled")["metrics"])["tau"]
             if e is None or e.get("error"):
                 row["vllm"] = exports[d]["vllm"] if e is None else e["error"]
             else:
                 base_run = engine[f"base@{t}"]
-                parity = compare(ours["metrics"], e["metrics"], greedy=t == 0)["passed"] if exact else None
+                parity = compare(mine["metrics"], e["metrics"], greedy=t == 0)["passed"] if exact else None
                 row.update(tau_vllm=acceptance(e["metrics"])["tau"], parity=parity,
                            engine_defect=e.get("engine_defect"), patched=bool(e.get("patched")),
                            defect_probe=e.get("defect_probe"),

@@ -28,7 +28,7 @@ from ..utils.provenance import provenance, provenance_line
 from ..utils.io import atomic_write_json, atomic_write_text, read_text
 from .divergence import check_outputs
 from .engine import base_decode_batch
-from .measure import PeakMemory, decode_batches, load_pair, summarise, write_acceptance_png
+from .measure import PeakMemory, decode_batches, load_pair, pooled_tau, summarise, write_acceptance_png
 from .strategies import eos_ids, shape_plan
 
 # file kind → (the field each row must hold, whether it is a list of user turns / one user turn / raw text)
@@ -186,11 +186,8 @@ def run(cfg: RunConfig, presets: list[str]) -> dict:
 def tau_by_turn(results: list[list]) -> list[float]:
     """τ pooled over each turn number's verify steps (MT-bench's turn 2 decodes after a longer, two-turn context
     than any single-turn training conversation)."""
-    out = []
-    for t in range(max(len(q) for q in results)):
-        runs = [q[t] for q in results if t < len(q)]
-        out.append(sum(r.emitted for r in runs) / max(1, sum(r.steps for r in runs)))
-    return out
+    turns = max(len(q) for q in results)
+    return [pooled_tau([q[t] for q in results if t < len(q)]) for t in range(turns)]
 
 
 def compare_turns(base, runs: list, base_runs: list, params: dict, ulps: float) -> dict:

@@ -104,6 +104,11 @@ def acceptance_by_depth(runs: list[DecodeResult], depth: int) -> list[float]:
     return out
 
 
+def pooled_tau(runs: list[DecodeResult]) -> float:
+    """τ pooled over all verify steps: tokens emitted (accepted drafts + one bonus each step) ÷ steps."""
+    return sum(r.emitted for r in runs) / max(1, sum(r.steps for r in runs))
+
+
 def summarise(name: str, params: dict, runs: list[DecodeResult], base_runs: list[DecodeResult], identical: int,
               memory: PeakMemory | None = None) -> dict:
     steps = sum(r.steps for r in runs)
@@ -115,7 +120,7 @@ def summarise(name: str, params: dict, runs: list[DecodeResult], base_runs: list
     base_tok_s = sum(b.new_tokens for b in base_runs) / base_secs if base_secs else 0.0
     row = {
         "strategy": name, **params,
-        "tau": sum(r.emitted for r in runs) / max(1, steps),  # pooled over all verify steps
+        "tau": pooled_tau(runs),
         "verify_steps": steps,
         "tokens_per_s": tok_s,
         "base_tokens_per_s": base_tok_s,
