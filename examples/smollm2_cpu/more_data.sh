@@ -9,7 +9,8 @@
 # plain Magpie prompts 37 % begin "Can" and 29 % "I'm") merged after round 3's (5,600 conversations) → round 3's
 # drafter fine-tuned for 550 steps → output/smollm2/d/eagle3_ft, benchmarked over the preset's tree and the best.
 # Round 5: 1,500 more steered prompts (seed 4) merged after round 4's (7,100 conversations) → round 4's drafter
-# fine-tuned for 650 steps → output/smollm2/e/eagle3_ft, benchmarked over round 4's best shape and two near it.
+# fine-tuned for 650 steps → output/smollm2/e/eagle3_ft, benchmarked over the preset's tree, round 4's best shape and
+# two near it.
 # A step budget (not a time budget), so a paused job (SIGSTOP while something else needs the cores) loses nothing.
 # Needs run.sh's outputs (round 3: round 2's too). Every stage is cached: rerunning resumes or reuses.
 #
@@ -41,7 +42,7 @@ else
   B=output/smollm2/e SEED=4 NUM=1500 BEFORE=output/smollm2/d/dataset INIT=output/smollm2/d/eagle3_ft STEPS=650
   SYNTH=(--@varied_prompts)
   BENCH=(--benchmark.max_samples 20 --inference.dtype auto --benchmark.humaneval None
-         --benchmark.shapes "['tree:2:4:8','tree:2:3:6','tree:3:4:12']"
+         --benchmark.shapes "['tree:4:4:12','tree:2:4:8','tree:2:3:6','tree:3:4:12']"
          --benchmark.output_dir $B/eagle3_ft/benchmark_bf16)
 fi
 [ -f "$INIT/model.safetensors" ] || { echo "$INIT is missing: run the previous round first" >&2; exit 2; }
