@@ -75,3 +75,15 @@ def test_missing_folder_is_one_line(tmp_path):
         families.main(["--bench.drafters", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="expected drafter folders"):
         families.main([])
+
+
+def test_serving_table_names_patched_rows_and_the_engine_defect():
+    base = {"family": "eagle2", "depth": 3, "dtype": "float32", "tau_vllm": 1.3, "tau_ours": 1.3, "vllm_identical": 5,
+            "ours_identical": 5, "vllm_base_tok_s": 30.0, "vllm_spec_tok_s": 33.0, "engine_defect": "expand kernel"}
+    rows = [{**base, "temperature": 0, "parity": True, "patched": False},
+            {**base, "temperature": 0.7, "parity": False, "patched": False},
+            {**base, "temperature": 0.7, "parity": True, "patched": True}]
+    lines = families.serving_table(rows).splitlines()[2:]
+    assert "| 0 |" in lines[0] and "defect" not in lines[0]  # greedy never reads the broken buffer
+    assert "**no** (engine defect)" in lines[1]
+    assert "0.7 (patched vLLM)" in lines[2] and "| yes |" in lines[2]

@@ -60,7 +60,7 @@ def decoder_rows(report: Optional[dict], family: str) -> list[dict]:
 def serving_rows(report: Optional[dict], drafter: Path, family: str) -> list[dict]:
     """The rows of a bench.serving report that served this drafter."""
     keys = ("depth", "temperature", "tau_vllm", "tau_ours", "parity", "vllm_identical", "ours_identical",
-            "vllm_base_tok_s", "vllm_spec_tok_s")
+            "vllm_base_tok_s", "vllm_spec_tok_s", "patched", "engine_defect")
     return [{"family": family, "dtype": report.get("dtype"), **{k: row.get(k) for k in keys}}
             for row in (report or {}).get("rows", []) if Path(row.get("drafter", "")) == drafter]
 
@@ -107,7 +107,10 @@ def serving_table(rows: list[dict]) -> str:
         speed = DASH if not (base and spec) else f"{base:.0f} → {spec:.0f} ({spec / base:.2f}×)"
         identical = ("sampled" if r["temperature"] else f"{r['vllm_identical']} / {r['ours_identical']}")
         parity = DASH if r["parity"] is None else ("yes" if r["parity"] else "**no**")
-        lines.append(f"| {r['family']} | {fmt(r['depth'], 'd')} | {r['temperature']} | {r['dtype'] or DASH} | "
+        if r.get("engine_defect") and r["temperature"] and not r.get("patched"):  # greedy never reads it
+            parity += " (engine defect)"
+        temperature = f"{r['temperature']} (patched vLLM)" if r.get("patched") else r["temperature"]
+        lines.append(f"| {r['family']} | {fmt(r['depth'], 'd')} | {temperature} | {r['dtype'] or DASH} | "
                      f"{fmt(r['tau_vllm'])} | "
                      f"{fmt(r['tau_ours'])} | {parity} | {identical} | {speed} |")
     return "\n".join(lines)
