@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from .gqa_attention import grouped_sdpa_forward
-
 from .sequence_parallel import NAME as SEQUENCE_PARALLEL
 
 NAME = "specforge_ttt"
